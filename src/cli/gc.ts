@@ -1,0 +1,50 @@
+/**
+ * @module
+ * `ovm gc`: removes blobs that no ref and no instance needs.
+ */
+import { join } from "node:path";
+import { type Digest, isDigest } from "../manifest/mod.ts";
+import { formatBytes } from "../util/size.ts";
+import { bool, type Command } from "./command.ts";
+
+/**
+ * Manifest digests that instances under `$OVM_HOME/instances/` still use.
+ * Each instance's `state.json` names its artifact in `manifestDigest`.
+ */
+export async function instanceRoots(instancesDir: string): Promise<Digest[]> {
+  const out: Digest[] = [];
+  try {
+    for await (const e of Deno.readDir(instancesDir)) {
+      if (!e.isDirectory) continue;
+      try {
+        const s = JSON.parse(await Deno.readTextFile(join(instancesDir, e.name, "state.json")));
+        if (isDigest(s.manifestDigest)) out.push(s.manifestDigest);
+      } catch {
+        // An instance without readable state holds nothing.
+      }
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return out;
+}
+
+export const gcCommand: Command = {
+  name: "gc",
+  summary: "Remove blobs that no ref and no instance needs, and stale partial downloads",
+  usage: "gc [--dry-run] [--json]",
+  options: { "dry-run": { type: "boolean", help: "Only list what would be removed" } },
+  async run(ctx, input) {
+    const store = await ctx.store();
+    const roots = await instanceRoots(store.paths.instances);
+    const res = await store.gc({ roots, dryRun: bool(input, "dry-run") });
+    ctx.out.result(res);
+    const verb = bool(input, "dry-run") ? "would remove" : "removed";
+    for (const b of res.removed) ctx.out.info(`${verb} ${b.digest} (${formatBytes(b.size)})`);
+    ctx.out.line(
+      `${verb} ${res.removed.length} blob(s), ${
+        formatBytes(res.freedBytes)
+      }; ${res.ingestRemoved} partial ingest(s)`,
+    );
+  },
+};

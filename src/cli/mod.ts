@@ -1,0 +1,21 @@
+/**
+ * @module
+ * Every verb of the CLI, in the order `ovm --help` lists them. Each verb
+ * lives in its own file; add new verbs here.
+ */
+import type { Command } from "./command.ts";
+import { exportCommand } from "./export.ts";
+import { gcCommand } from "./gc.ts";
+import { inspectCommand } from "./inspect.ts";
+import { lsCommand } from "./ls.ts";
+import { packCommand } from "./pack.ts";
+import { versionCommand } from "./version.ts";
+
+export const COMMANDS: Command[] = [
+  packCommand,
+  inspectCommand,
+  lsCommand,
+  exportCommand,
+  gcCommand,
+  versionCommand,
+];
