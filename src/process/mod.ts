@@ -1,0 +1,218 @@
+/**
+ * @module
+ * The one module that spawns processes (`Deno.Command`). `run` waits for a
+ * command and returns its output; `spawn` starts a long-lived process and
+ * returns an `AsyncDisposable` handle that kills it, reaps it, and removes the
+ * sockets and temp files registered with it — also when the caller fails.
+ */
+import { NotFoundError, OvmError } from "../errors.ts";
+
+export interface RunOptions {
+  cwd?: string;
+  env?: Record<string, string>;
+  /** Clear the environment before applying `env`. */
+  clearEnv?: boolean;
+  stdin?: Uint8Array | string;
+  signal?: AbortSignal;
+  /** Return a non-zero exit instead of throwing. */
+  allowFailure?: boolean;
+  uid?: number;
+  gid?: number;
+}
+
+export interface RunResult {
+  code: number;
+  success: boolean;
+  stdout: string;
+  stderr: string;
+  stdoutBytes: Uint8Array;
+}
+
+/** A command failed; its stderr is in the message. */
+export class CommandError extends OvmError {
+  readonly command: string;
+  readonly exitCode: number;
+  readonly stderr: string;
+  constructor(command: string, exitCode: number, stderr: string) {
+    const tail = stderr.trim().split("\n").slice(-15).join("\n");
+    super(`"${command}" failed with exit code ${exitCode}${tail ? `:\n${tail}` : ""}`);
+    this.command = command;
+    this.exitCode = exitCode;
+    this.stderr = stderr;
+  }
+}
+
+function notFound(cmd: string, cause: unknown): never {
+  throw new NotFoundError(`Program "${cmd}" was not found`, {
+    cause,
+    hint: `install it (on Debian: apt-get install the package that provides ${cmd})`,
+  });
+}
+
+/** Runs a command to completion. Throws {@linkcode CommandError} on non-zero exit. */
+export async function run(
+  cmd: string,
+  args: string[],
+  options: RunOptions = {},
+): Promise<RunResult> {
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(cmd, {
+      args,
+      cwd: options.cwd,
+      env: options.env,
+      clearEnv: options.clearEnv,
+      stdin: options.stdin !== undefined ? "piped" : "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: options.signal,
+      uid: options.uid,
+      gid: options.gid,
+    }).spawn();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) notFound(cmd, e);
+    throw e;
+  }
+  if (options.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(
+      typeof options.stdin === "string" ? new TextEncoder().encode(options.stdin) : options.stdin,
+    );
+    await w.close();
+  }
+  const out = await child.output();
+  const dec = new TextDecoder();
+  const res: RunResult = {
+    code: out.code,
+    success: out.success,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+    stdoutBytes: out.stdout,
+  };
+  if (!out.success && !options.allowFailure) {
+    throw new CommandError([cmd, ...args].join(" "), out.code, res.stderr || res.stdout);
+  }
+  return res;
+}
+
+/** True when `cmd` resolves on PATH (or is an executable path). */
+export async function which(cmd: string): Promise<string | undefined> {
+  if (cmd.includes("/")) {
+    try {
+      const st = await Deno.stat(cmd);
+      return st.isFile && (st.mode ?? 0) & 0o111 ? cmd : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  for (const dir of (Deno.env.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin").split(":")) {
+    const p = `${dir}/${cmd}`;
+    try {
+      const st = await Deno.stat(p);
+      if (st.isFile && (st.mode ?? 0) & 0o111) return p;
+    } catch { /* next */ }
+  }
+  return undefined;
+}
+
+export interface SpawnOptions extends Omit<RunOptions, "stdin" | "allowFailure"> {
+  stdin?: "piped" | "null";
+  stdout?: "piped" | "null" | "inherit";
+  stderr?: "piped" | "null" | "inherit";
+  /** Paths removed when the handle is disposed (sockets, temp files). */
+  cleanup?: string[];
+  /** Grace period between SIGTERM and SIGKILL on dispose. Default 3000 ms. */
+  killTimeoutMs?: number;
+}
+
+/** A running child process; `await using` it to guarantee kill + reap + cleanup. */
+export class ProcessHandle implements AsyncDisposable {
+  readonly child: Deno.ChildProcess;
+  readonly command: string;
+  readonly #cleanup: string[];
+  readonly #killTimeoutMs: number;
+  #status?: Deno.CommandStatus;
+  readonly status: Promise<Deno.CommandStatus>;
+
+  constructor(child: Deno.ChildProcess, command: string, cleanup: string[], killTimeoutMs: number) {
+    this.child = child;
+    this.command = command;
+    this.#cleanup = cleanup;
+    this.#killTimeoutMs = killTimeoutMs;
+    this.status = child.status.then((s) => (this.#status = s));
+  }
+
+  get pid(): number {
+    return this.child.pid;
+  }
+
+  /** The exit status if the process has ended. */
+  get exited(): Deno.CommandStatus | undefined {
+    return this.#status;
+  }
+
+  /** Registers another path to remove on dispose. */
+  addCleanup(path: string): void {
+    this.#cleanup.push(path);
+  }
+
+  kill(signal: Deno.Signal = "SIGTERM"): void {
+    if (this.#status) return;
+    try {
+      this.child.kill(signal);
+    } catch { /* already gone */ }
+  }
+
+  /** SIGTERM, then SIGKILL after the grace period; always reaps. */
+  async stop(timeoutMs = this.#killTimeoutMs): Promise<Deno.CommandStatus> {
+    if (!this.#status) {
+      this.kill("SIGTERM");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<"timeout">((
+        r,
+      ) => (timer = setTimeout(() => r("timeout"), timeoutMs)));
+      const r = await Promise.race([this.status, timeout]);
+      clearTimeout(timer);
+      if (r === "timeout") this.kill("SIGKILL");
+    }
+    return await this.status;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+    for (const s of [this.child.stdout, this.child.stderr]) {
+      try {
+        await s?.cancel();
+      } catch { /* not piped or already consumed */ }
+    }
+    for (const p of this.#cleanup) await Deno.remove(p, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Starts a long-lived process. */
+export function spawn(cmd: string, args: string[], options: SpawnOptions = {}): ProcessHandle {
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(cmd, {
+      args,
+      cwd: options.cwd,
+      env: options.env,
+      clearEnv: options.clearEnv,
+      stdin: options.stdin ?? "null",
+      stdout: options.stdout ?? "null",
+      stderr: options.stderr ?? "piped",
+      signal: options.signal,
+      uid: options.uid,
+      gid: options.gid,
+    }).spawn();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) notFound(cmd, e);
+    throw e;
+  }
+  return new ProcessHandle(
+    child,
+    [cmd, ...args].join(" "),
+    [...(options.cleanup ?? [])],
+    options.killTimeoutMs ?? 3000,
+  );
+}
