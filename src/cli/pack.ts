@@ -8,6 +8,7 @@ import { assertSelfContained, diskTarStream, isQcow2Magic, readQcow2Header } fro
 import {
   BootstrapConfigSchema,
   canonicalJson,
+  digestOf,
   type Device,
   type DiskFormat,
   type Manifest,
@@ -115,6 +116,41 @@ export async function pack(
     );
     bootstrapBytes = canonicalJson(validate(BootstrapConfigSchema, cfg, input.bootstrap));
   }
+  const epoch = Deno.env.get("SOURCE_DATE_EPOCH");
+  const created = new Date(epoch ? Number(epoch) * 1000 : Date.now()).toISOString();
+  const buildManifest = (refs: {
+    kernel: string;
+    initrd?: string;
+    diskLayers: Manifest["diskLayers"];
+    bootstrap?: string;
+  }): Manifest =>
+    manifestFromValue({
+      schemaVersion: 1,
+      mediaType: MediaTypes.manifest,
+      name: input.name ?? ref.repository,
+      version: input.version ?? ref.tag ?? "latest",
+      kernel: { ref: refs.kernel, args: input.args ?? "console=ttyS0" },
+      ...(refs.initrd ? { initrd: { ref: refs.initrd } } : {}),
+      diskLayers: refs.diskLayers,
+      devices: input.devices,
+      metadata: {
+        ...(input.author ? { author: input.author } : {}),
+        created,
+        platform: { arch: "x86_64", uefi: false },
+      },
+      ...(input.preferredRuntime?.length
+        ? { runtimeHints: { preferredRuntime: input.preferredRuntime } }
+        : {}),
+      ...(refs.bootstrap ? { bootstrap: { ref: refs.bootstrap } } : {}),
+    }, "packed manifest");
+  // Validate everything with placeholder digests first: bad input writes nothing.
+  const placeholder = (s: string) => digestOf(`placeholder:${s}`);
+  buildManifest({
+    kernel: placeholder("kernel"),
+    initrd: input.initrd ? placeholder("initrd") : undefined,
+    diskLayers: input.disks.map((d, i) => ({ ref: placeholder(`disk${i}`), format: d.format, size: 1 })),
+    bootstrap: bootstrapBytes ? placeholder("bootstrap") : undefined,
+  });
   return await store.lease(async () => {
     options.onStep?.(`kernel ${basename(input.kernel)}`);
     const kernel = await store.importFile(input.kernel, { signal: options.signal });
@@ -133,27 +169,12 @@ export async function pack(
       diskLayers.push({ ref: blob.digest, format: d.format, size: virtualSize });
     }
     const bootstrap = bootstrapBytes ? await store.writeBlob(bootstrapBytes) : undefined;
-    const epoch = Deno.env.get("SOURCE_DATE_EPOCH");
-    const created = new Date(epoch ? Number(epoch) * 1000 : Date.now()).toISOString();
-    const manifest = manifestFromValue({
-      schemaVersion: 1,
-      mediaType: MediaTypes.manifest,
-      name: input.name ?? ref.repository,
-      version: input.version ?? ref.tag ?? "latest",
-      kernel: { ref: kernel.digest, args: input.args ?? "console=ttyS0" },
-      ...(initrd ? { initrd: { ref: initrd.digest } } : {}),
+    const manifest = buildManifest({
+      kernel: kernel.digest,
+      initrd: initrd?.digest,
       diskLayers,
-      devices: input.devices,
-      metadata: {
-        ...(input.author ? { author: input.author } : {}),
-        created,
-        platform: { arch: "x86_64", uefi: false },
-      },
-      ...(input.preferredRuntime?.length
-        ? { runtimeHints: { preferredRuntime: input.preferredRuntime } }
-        : {}),
-      ...(bootstrap ? { bootstrap: { ref: bootstrap.digest } } : {}),
-    }, "packed manifest");
+      bootstrap: bootstrap?.digest,
+    });
     const descriptor = await writeArtifact(store, manifest);
     await store.tag(ref.name, descriptor);
     return { ref: ref.name, descriptor, manifest };
