@@ -1,0 +1,5 @@
+/**
+ * @module
+ * Foreign calls into libc, behind typed functions (see `libc.ts`).
+ */
+export * from "./libc.ts";
