@@ -1,0 +1,198 @@
+/**
+ * @module
+ * OCI distribution: references, the registry transport and client, and the
+ * copy engine behind `ovm push`, `ovm pull` and `ovm copy`. The library entry
+ * points ({@linkcode pullToStore}, {@linkcode pushFromStore},
+ * {@linkcode copyBetween}, {@linkcode listReferrers}) are what other verbs
+ * (convert, snapshot --push, sign) call.
+ */
+import { ValidationError } from "../errors.ts";
+import type { Descriptor, Digest } from "../manifest/mod.ts";
+import { artifactFromDocuments, type ContentStore, loadArtifact } from "../store/mod.ts";
+import {
+  copy,
+  type CopyEvent,
+  type CopyResult,
+  DirSource,
+  hostPlatform,
+  type Platform,
+  RemoteSource,
+  RemoteTarget,
+  StoreSource,
+  StoreTarget,
+} from "./copy.ts";
+import { fileCredentials } from "./credentials.ts";
+import { parseReference, type Reference, referenceName } from "./reference.ts";
+import { Repository } from "./registry.ts";
+import {
+  type CredentialProvider,
+  defaultTransport,
+  type RetryOptions,
+  type Transport,
+} from "./transport.ts";
+
+export * from "./reference.ts";
+export * from "./transport.ts";
+export * from "./registry.ts";
+export * from "./copy.ts";
+export * from "./credentials.ts";
+
+export interface RemoteOptions {
+  signal?: AbortSignal;
+  /** A transport to use as is (tests, or a caller with its own auth). */
+  transport?: Transport;
+  /** Where credentials come from; default `$home/auth.json` then Docker's config. */
+  credentials?: CredentialProvider;
+  /** `$OVM_HOME`, for the default credentials. */
+  home?: string;
+  plainHttp?: boolean;
+  insecure?: boolean;
+  retry?: RetryOptions;
+  concurrency?: number;
+  chunkSize?: number;
+  onEvent?: (e: CopyEvent) => void;
+}
+
+/** Parses a remote reference; the registry is required to be explicit or docker.io. */
+export function parseRemoteReference(input: string): Reference {
+  return parseReference(input);
+}
+
+/** A repository client with the default transport stack for `options`. */
+export function openRepository(ref: Reference | string, options: RemoteOptions = {}): Repository {
+  const r = typeof ref === "string" ? parseRemoteReference(ref) : ref;
+  const transport = options.transport ?? defaultTransport({
+    credentials: options.credentials ?? (options.home ? fileCredentials(options.home) : undefined),
+    retry: options.retry,
+  });
+  return new Repository({ registry: r.registry!, repository: r.repository }, {
+    transport,
+    plainHttp: options.plainHttp,
+    insecure: options.insecure,
+    chunkSize: options.chunkSize,
+  });
+}
+
+export interface PullResult extends CopyResult {
+  reference: string;
+  /** The local ref recorded (`registry/repo:tag`), or undefined for a digest-only pull. */
+  localRef?: string;
+  /** False for a non-OVMS image pulled with `any`. */
+  ovms: boolean;
+}
+
+/**
+ * Pulls `ref` into the store: the tag is resolved once, an index yields the
+ * host platform's manifest, blobs stream into resumable ingests, and the ref
+ * is recorded only when every blob is in. Unless `any`, the artifact must be
+ * OVMS (checked on manifest and config before any layer is fetched).
+ */
+export async function pullToStore(
+  store: ContentStore,
+  ref: string,
+  options: RemoteOptions & { any?: boolean; localRef?: string; platform?: Platform } = {},
+): Promise<PullResult> {
+  const r = parseRemoteReference(ref);
+  const repo = openRepository(r, options);
+  const localRef = options.localRef ??
+    (r.tag || !r.digest ? `${referenceName(r)}:${r.tag ?? "latest"}` : undefined);
+  const result = await store.lease(() =>
+    copy(new RemoteSource(repo), new StoreTarget(store), {
+      srcRef: r.digest ?? r.tag ?? "latest",
+      dstRef: localRef,
+      platform: options.platform ?? hostPlatform(),
+      concurrency: options.concurrency,
+      signal: options.signal,
+      onEvent: options.onEvent,
+      verify: options.any ? undefined : (desc, manifest, config) => {
+        artifactFromDocuments(desc, manifest, config);
+      },
+    })
+  );
+  let ovms = false;
+  if (!options.any) {
+    await loadArtifact(store, result.descriptor.digest);
+    ovms = true;
+  }
+  return { ...result, reference: ref, localRef, ovms };
+}
+
+export interface PushResult extends CopyResult {
+  reference: string;
+  digest: Digest;
+}
+
+/**
+ * Pushes a local store ref, or an export directory (spec section 4), to
+ * `remoteRef`. Blobs go first; the manifest last, tagged as `remoteRef` says.
+ */
+export async function pushFromStore(
+  store: ContentStore,
+  localRef: string,
+  remoteRef: string,
+  options: RemoteOptions & { mountFrom?: string } = {},
+): Promise<PushResult> {
+  const r = parseRemoteReference(remoteRef);
+  const repo = openRepository(r, options);
+  const isDir = await Deno.stat(localRef).then((s) => s.isDirectory).catch(() => false);
+  if (isDir && !(await DirSource.looksLikeExport(localRef))) {
+    throw new ValidationError(
+      `Directory "${localRef}" is not in the OVMS download layout`,
+      { hint: "expected manifest.json and blobs/sha256-<hex> (what `ovm export` writes)" },
+    );
+  }
+  const src = isDir ? new DirSource(localRef) : new StoreSource(store);
+  const tag = r.tag ?? (r.digest ? undefined : "latest");
+  const result = await copy(src, new RemoteTarget(repo), {
+    srcRef: isDir ? undefined : localRef,
+    dstRef: tag,
+    concurrency: options.concurrency,
+    signal: options.signal,
+    onEvent: options.onEvent,
+  });
+  if (r.digest && r.digest !== result.descriptor.digest) {
+    throw new ValidationError(
+      `"${remoteRef}" pins digest "${r.digest}" but the local artifact is "${result.descriptor.digest}"`,
+    );
+  }
+  return { ...result, reference: remoteRef, digest: result.descriptor.digest as Digest };
+}
+
+/** Copies `src` to `dst` between registries (blobs mounted when both are on one registry). */
+export async function copyBetween(
+  src: string,
+  dst: string,
+  options: RemoteOptions & { platform?: Platform } = {},
+): Promise<CopyResult> {
+  const s = parseRemoteReference(src);
+  const d = parseRemoteReference(dst);
+  return await copy(
+    new RemoteSource(openRepository(s, options)),
+    new RemoteTarget(openRepository(d, options)),
+    {
+      srcRef: s.digest ?? s.tag ?? "latest",
+      dstRef: d.tag ?? (d.digest ? undefined : s.tag ?? "latest"),
+      platform: options.platform,
+      concurrency: options.concurrency,
+      signal: options.signal,
+      onEvent: options.onEvent,
+    },
+  );
+}
+
+/** The manifests pointing at `ref` with `subject` (referrers API or tag schema). */
+export async function listReferrers(
+  ref: string,
+  options: RemoteOptions & { artifactType?: string } = {},
+): Promise<{ subject: Descriptor; referrers: Descriptor[] }> {
+  const r = parseRemoteReference(ref);
+  const repo = openRepository(r, options);
+  const subject =
+    (await repo.fetchManifest(r.digest ?? r.tag ?? "latest", { signal: options.signal }))
+      .descriptor;
+  const referrers = await repo.referrers(subject.digest as Digest, {
+    signal: options.signal,
+    artifactType: options.artifactType,
+  });
+  return { subject, referrers };
+}
