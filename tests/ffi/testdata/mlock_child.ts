@@ -1,5 +1,5 @@
 // Tries to lock 1 MiB; prints the error as JSON (run without CAP_IPC_LOCK and a 0 memlock limit).
-import { ErrnoError, lockFileInMemory } from "../../../ffi/mod.ts";
+import { type ErrnoError, lockFileInMemory } from "../../../ffi/mod.ts";
 const path = Deno.args[0];
 try {
   using _m = lockFileInMemory(path, 1 << 20);

@@ -1,0 +1,5 @@
+/**
+ * @module
+ * RAM snapshots: the ramsnap blob codec.
+ */
+export * from "./ramsnap.ts";
