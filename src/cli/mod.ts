@@ -9,6 +9,7 @@ import { gcCommand } from "./gc.ts";
 import { inspectCommand } from "./inspect.ts";
 import { lsCommand } from "./ls.ts";
 import { packCommand } from "./pack.ts";
+import { systemCommand } from "./system.ts";
 import { versionCommand } from "./version.ts";
 
 export const COMMANDS: Command[] = [
@@ -17,5 +18,6 @@ export const COMMANDS: Command[] = [
   lsCommand,
   exportCommand,
   gcCommand,
+  systemCommand,
   versionCommand,
 ];
