@@ -9,6 +9,11 @@ import { gcCommand } from "./gc.ts";
 import { inspectCommand } from "./inspect.ts";
 import { lsCommand } from "./ls.ts";
 import { packCommand } from "./pack.ts";
+import { pullCommand } from "./pull.ts";
+import { pushCommand } from "./push.ts";
+import { copyCommand } from "./copy.ts";
+import { referrersCommand } from "./referrers.ts";
+import { loginCommand, logoutCommand } from "./login.ts";
 import { systemCommand } from "./system.ts";
 import { versionCommand } from "./version.ts";
 
@@ -17,6 +22,12 @@ export const COMMANDS: Command[] = [
   inspectCommand,
   lsCommand,
   exportCommand,
+  pushCommand,
+  pullCommand,
+  copyCommand,
+  referrersCommand,
+  loginCommand,
+  logoutCommand,
   gcCommand,
   systemCommand,
   versionCommand,

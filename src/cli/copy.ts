@@ -1,0 +1,43 @@
+/**
+ * @module
+ * `ovm copy`: copies an artifact (or a whole index) from one registry
+ * repository to another with the same engine as push and pull; blobs are
+ * mounted across repositories of one registry instead of copied.
+ */
+import { copyBetween } from "../oci/mod.ts";
+import { formatBytes } from "../util/size.ts";
+import type { Command } from "./command.ts";
+import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
+
+export const copyCommand: Command = {
+  name: "copy",
+  summary: "Copy an artifact from one registry repository to another",
+  usage: "copy <SRC-REF> <DST-REF> [options]",
+  args: { min: 2, max: 2, names: "SRC-REF DST-REF" },
+  options: REMOTE_OPTIONS,
+  examples: ["ovm copy localhost:5000/vms/demo:1.0 localhost:5001/mirror/demo:1.0"],
+  async run(ctx, input) {
+    const [src, dst] = input.args;
+    const { options, progress } = remoteOptions(ctx, input);
+    let res;
+    try {
+      res = await copyBetween(src, dst, options);
+    } finally {
+      progress.finish();
+    }
+    ctx.out.result({
+      source: src,
+      destination: dst,
+      digest: res.descriptor.digest,
+      mediaType: res.descriptor.mediaType,
+      blobs: res.blobs,
+      bytes: res.bytes,
+      transferred: res.transferred,
+    });
+    ctx.out.line(
+      `copied ${src} to ${dst} ${res.descriptor.digest} (${res.blobs} blobs, ${
+        formatBytes(res.transferred)
+      } transferred)`,
+    );
+  },
+};

@@ -1,0 +1,65 @@
+/**
+ * @module
+ * `ovm pull`: fetches an artifact from a registry into the local store and
+ * records it as `registry/repo:tag`. Interrupted pulls resume.
+ */
+import { pullToStore } from "../oci/mod.ts";
+import { formatBytes } from "../util/size.ts";
+import { bool, type Command, str } from "./command.ts";
+import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
+
+export const pullCommand: Command = {
+  name: "pull",
+  summary: "Fetch an artifact from a registry into the local store",
+  usage: "pull <REGISTRY/REPO[:TAG|@DIGEST]> [options]",
+  description:
+    "The tag is resolved once; blobs are verified as they stream and an interrupted pull\n" +
+    "resumes where it stopped. A multi-platform index yields the linux/amd64 manifest.\n" +
+    "Only OVMS artifacts are accepted unless --any is given (container images for `ovm convert`).",
+  args: { min: 1, max: 1, names: "REMOTE-REF" },
+  options: {
+    ...REMOTE_OPTIONS,
+    any: { type: "boolean", help: "Accept any OCI image, not only OVMS artifacts" },
+    tag: {
+      type: "string",
+      short: "t",
+      valueName: "NAME:TAG",
+      help: "Local reference to record (default: the remote reference)",
+    },
+  },
+  examples: [
+    "ovm pull localhost:5000/vms/demo:1.0",
+    "ovm pull --any localhost:5000/library/alpine:3.19",
+  ],
+  async run(ctx, input) {
+    const ref = input.args[0];
+    const { options, progress } = remoteOptions(ctx, input);
+    const store = await ctx.store();
+    let res;
+    try {
+      res = await pullToStore(store, ref, {
+        ...options,
+        any: bool(input, "any"),
+        localRef: str(input, "tag"),
+      });
+    } finally {
+      progress.finish();
+    }
+    ctx.out.result({
+      reference: res.reference,
+      localRef: res.localRef ?? null,
+      digest: res.descriptor.digest,
+      resolved: res.resolved.digest,
+      mediaType: res.descriptor.mediaType,
+      ovms: res.ovms,
+      blobs: res.blobs,
+      bytes: res.bytes,
+      transferred: res.transferred,
+    });
+    ctx.out.line(
+      `pulled ${res.localRef ?? res.reference} ${res.descriptor.digest} (${res.blobs} blobs, ${
+        formatBytes(res.transferred)
+      } downloaded)`,
+    );
+  },
+};
