@@ -168,7 +168,7 @@ export async function makeBusyboxRootDisk(
       const full = join(root, p);
       await Deno.mkdir(join(full, ".."), { recursive: true });
       await Deno.writeTextFile(full, text);
-      if (p.startsWith("bin/") || p.endsWith(".sh")) await Deno.chmod(full, 0o755);
+      if (text.startsWith("#!")) await Deno.chmod(full, 0o755);
     }
     await Deno.remove(path).catch(() => {});
     await sh("mkfs.ext4", [
