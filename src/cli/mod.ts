@@ -16,6 +16,11 @@ import { referrersCommand } from "./referrers.ts";
 import { loginCommand, logoutCommand } from "./login.ts";
 import { systemCommand } from "./system.ts";
 import { versionCommand } from "./version.ts";
+import { logsCommand } from "./logs.ts";
+import { psCommand } from "./ps.ts";
+import { rmCommand } from "./rm.ts";
+import { runCommand } from "./run.ts";
+import { stopCommand } from "./stop.ts";
 
 export const COMMANDS: Command[] = [
   packCommand,
@@ -28,6 +33,11 @@ export const COMMANDS: Command[] = [
   referrersCommand,
   loginCommand,
   logoutCommand,
+  runCommand,
+  psCommand,
+  stopCommand,
+  logsCommand,
+  rmCommand,
   gcCommand,
   systemCommand,
   versionCommand,

@@ -123,6 +123,64 @@ export interface SpawnOptions extends Omit<RunOptions, "stdin" | "allowFailure">
   cleanup?: string[];
   /** Grace period between SIGTERM and SIGKILL on dispose. Default 3000 ms. */
   killTimeoutMs?: number;
+  /**
+   * Files opened by a wrapper (with ovm's rights) before the program starts;
+   * the program sees the i-th one as {@linkcode passedFdPath}(i). This lets a
+   * program that runs as another user use exactly these files without any
+   * path access into ovm's directories.
+   */
+  passFiles?: PassedFile[];
+  /** Start the program as this user (the wrapper opens `passFiles` first). */
+  dropTo?: { uid: number; gid: number };
+  /** Put the program in its own session so it outlives ovm and terminal signals. */
+  newSession?: boolean;
+  /** Append the program's stdout and stderr to this file (opened before `dropTo`). */
+  outputFile?: string;
+}
+
+export interface PassedFile {
+  path: string;
+  mode: "read" | "readwrite" | "append";
+}
+
+/** The path under which a program started with `passFiles` opens the i-th file. */
+export function passedFdPath(index: number): string {
+  return `/proc/self/fd/${FIRST_PASSED_FD + index}`;
+}
+
+const FIRST_PASSED_FD = 3;
+
+/**
+ * Builds the bash wrapper that opens passed files, redirects output, drops
+ * privileges and execs the program. bash (not dash) because fds above 9 are
+ * needed. Paths travel as positional arguments, never inside the script.
+ */
+function wrapperArgv(cmd: string, args: string[], options: SpawnOptions): string[] {
+  const params: string[] = [];
+  const lines: string[] = [];
+  const param = (v: string) => {
+    params.push(v);
+    return `"\${${params.length}}"`;
+  };
+  if (options.outputFile) lines.push(`exec >>${param(options.outputFile)} 2>&1 || exit 125`);
+  const redirs = (options.passFiles ?? []).map((f, i) => {
+    const op = f.mode === "read" ? "<" : f.mode === "readwrite" ? "<>" : ">>";
+    return `${FIRST_PASSED_FD + i}${op}${param(f.path)}`;
+  });
+  if (redirs.length) lines.push(`exec ${redirs.join(" ")} || exit 125`);
+  lines.push(`shift ${params.length}`);
+  const drop = options.dropTo
+    ? [
+      "setpriv",
+      `--reuid=${options.dropTo.uid}`,
+      `--regid=${options.dropTo.gid}`,
+      "--clear-groups",
+      "--",
+    ]
+    : [];
+  lines.push(`exec "$@"`);
+  const argv = ["bash", "-c", lines.join("\n"), "ovm-wrapper", ...params, ...drop, cmd, ...args];
+  return options.newSession ? ["setsid", ...argv] : argv;
 }
 
 /** A running child process; `await using` it to guarantee kill + reap + cleanup. */
@@ -192,9 +250,12 @@ export class ProcessHandle implements AsyncDisposable {
 /** Starts a long-lived process. */
 export function spawn(cmd: string, args: string[], options: SpawnOptions = {}): ProcessHandle {
   let child: Deno.ChildProcess;
+  const wrapped = options.passFiles?.length || options.dropTo || options.newSession ||
+    options.outputFile;
+  const argv = wrapped ? wrapperArgv(cmd, args, options) : [cmd, ...args];
   try {
-    child = new Deno.Command(cmd, {
-      args,
+    child = new Deno.Command(argv[0], {
+      args: argv.slice(1),
       cwd: options.cwd,
       env: options.env,
       clearEnv: options.clearEnv,
@@ -215,4 +276,41 @@ export function spawn(cmd: string, args: string[], options: SpawnOptions = {}): 
     [...(options.cleanup ?? [])],
     options.killTimeoutMs ?? 3000,
   );
+}
+
+/** True while a process with this pid exists (zombies included). */
+export function pidAlive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The process's start time in clock ticks since boot (field 22 of
+ * /proc/<pid>/stat), or undefined when it is gone. Together with the pid it
+ * names one process, so a recycled pid is never mistaken for it.
+ */
+export async function processStartTime(pid: number): Promise<number | undefined> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    // The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (rest[0] === "Z" || rest[0] === "X") return undefined;
+    return Number(rest[19]);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Sends a signal to a process that may not be ours; false when it is gone. */
+export function signalPid(pid: number, signal: Deno.Signal): boolean {
+  try {
+    Deno.kill(pid, signal);
+    return true;
+  } catch {
+    return false;
+  }
 }

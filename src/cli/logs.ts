@@ -1,0 +1,36 @@
+/**
+ * @module
+ * `ovm logs`: prints an instance's console log; `-f` follows it until the VM ends.
+ */
+import { followConsole, getInstance, instancePaths, isActive } from "../runtime/mod.ts";
+import { bool, type Command } from "./command.ts";
+
+export const logsCommand: Command = {
+  name: "logs",
+  summary: "Print the console of an instance",
+  usage: "logs [-f] <id>",
+  options: { follow: { type: "boolean", short: "f", help: "Keep printing until the VM ends" } },
+  args: { min: 1, max: 1, names: "ID" },
+  async run(ctx, input) {
+    const id = input.args[0];
+    await getInstance(ctx.home, id);
+    const follow = bool(input, "follow");
+    let lastCheck = 0;
+    let active = true;
+    const sink = ctx.out.stdout;
+    await followConsole(instancePaths(ctx.home, id).consoleLog, (b) => {
+      let off = 0;
+      while (off < b.byteLength) off += sink.writeSync(b.subarray(off));
+    }, {
+      signal: ctx.signal,
+      until: async () => {
+        if (!follow) return true;
+        if (Date.now() - lastCheck > 500) {
+          lastCheck = Date.now();
+          active = isActive(await getInstance(ctx.home, id));
+        }
+        return !active;
+      },
+    });
+  },
+};

@@ -1,0 +1,155 @@
+/**
+ * @module
+ * `ovm run`: boots an artifact from the local store (or an `ovm export`
+ * directory). In the foreground it streams the guest console and a Ctrl-C
+ * stops the VM cleanly; `--detach` prints the instance id once the guest has
+ * printed its first console output.
+ */
+import { ValidationError } from "../errors.ts";
+import {
+  followConsole,
+  importExportDir,
+  instancePaths,
+  isExportDir,
+  parseNetMode,
+  parsePublish,
+  startInstance,
+  stopInstance,
+  waitInstance,
+} from "../runtime/mod.ts";
+import { parseAccel } from "../vmm/qemu/accel.ts";
+import { parseSize } from "../util/size.ts";
+import { bool, type Command, str, strs } from "./command.ts";
+
+function parseCpus(v: string | undefined): number {
+  if (v === undefined) return 1;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 64) {
+    throw new ValidationError(`Invalid --cpus "${v}"`, { hint: "use a whole number from 1 to 64" });
+  }
+  return n;
+}
+
+function parseSeconds(v: string | undefined, flag: string, dflt: number): number {
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new ValidationError(`Invalid ${flag} "${v}"`, { hint: "use a number of seconds" });
+  }
+  return n * 1000;
+}
+
+export const runCommand: Command = {
+  name: "run",
+  summary: "Boot an OVMS artifact as a VM",
+  usage: "run <ref|path> [CMD...] [--memory 512M] [--cpus 1] [--detach] [--name ID] [-p H:G]...",
+  description:
+    "Boots the artifact's kernel and initrd with its disk layers as a copy-free backing chain\n" +
+    "under a per-instance writable overlay. CMD replaces the bootstrap config's cmd.\n" +
+    "-p publishes a guest port on the host (default host address 127.0.0.1).",
+  options: {
+    memory: { type: "string", short: "m", valueName: "SIZE", help: "Guest RAM", default: "512M" },
+    cpus: { type: "string", valueName: "N", help: "Virtual CPUs", default: "1" },
+    runtime: {
+      type: "string",
+      valueName: "NAME",
+      help: "VMM adapter (default: the artifact's preferred runtime, else qemu)",
+    },
+    accel: { type: "string", valueName: "MODE", help: "auto, kvm or tcg", default: "auto" },
+    detach: { type: "boolean", short: "d", help: "Run in the background and print the id" },
+    name: { type: "string", valueName: "ID", help: "Instance id ([a-z0-9-], up to 64)" },
+    net: { type: "string", valueName: "MODE", help: "user or none", default: "user" },
+    publish: {
+      type: "string",
+      short: "p",
+      multiple: true,
+      valueName: "[IP:]H:G[/udp]",
+      help: "Publish guest port G on host port H",
+    },
+    "boot-timeout": {
+      type: "string",
+      valueName: "SEC",
+      help: "Fail when the guest prints nothing for this long",
+      default: "60",
+    },
+    "stop-timeout": {
+      type: "string",
+      valueName: "SEC",
+      help: "On Ctrl-C, wait this long for the guest to power off",
+      default: "10",
+    },
+  },
+  args: { min: 1, max: Infinity, names: "REF|PATH [CMD...]" },
+  examples: [
+    "ovm run demo/busybox:1.0",
+    "ovm run -d --name web -p 8080:80 demo/busybox:1.0 httpd -f -p 80",
+    "ovm run ./exported-dir",
+  ],
+  async run(ctx, input) {
+    const [target, ...cmd] = input.args;
+    const publish = strs(input, "publish").map(parsePublish);
+    const net = parseNetMode(str(input, "net"), publish);
+    const memoryBytes = parseSize(str(input, "memory") ?? "512M", "--memory");
+    if (memoryBytes < 64 * 1024 * 1024) {
+      throw new ValidationError(`--memory "${str(input, "memory")}" is below 64M`);
+    }
+    const cpus = parseCpus(str(input, "cpus"));
+    const accel = parseAccel(str(input, "accel"));
+    const bootTimeoutMs = parseSeconds(str(input, "boot-timeout"), "--boot-timeout", 60);
+    const stopTimeoutMs = parseSeconds(str(input, "stop-timeout"), "--stop-timeout", 10);
+    const detach = bool(input, "detach");
+    const store = await ctx.store();
+    const ref = await isExportDir(target)
+      ? await importExportDir(store, target, { signal: ctx.signal })
+      : target;
+    const started = await startInstance(store, ref, {
+      memoryBytes,
+      cpus,
+      runtime: str(input, "runtime"),
+      accel,
+      detach,
+      name: str(input, "name"),
+      net,
+      publish,
+      cmd: cmd.length ? cmd : undefined,
+      bootTimeoutMs,
+      signal: ctx.signal,
+      note: (m) => ctx.out.warn(m),
+    });
+    const id = started.state.id;
+    if (detach) {
+      started.vm.release();
+      ctx.out.result({ id, state: started.state });
+      ctx.out.line(id);
+      return;
+    }
+    ctx.out.info(`instance ${id} (Ctrl-C stops it)`);
+    const sink = ctx.json ? ctx.out.stderr : ctx.out.stdout;
+    let ended = false;
+    const final = waitInstance(ctx.home, started).finally(() => (ended = true));
+    const stream = followConsole(instancePaths(ctx.home, id).consoleLog, (b) => {
+      let off = 0;
+      while (off < b.byteLength) off += sink.writeSync(b.subarray(off));
+    }, { until: () => ended });
+    let interrupted = false;
+    const onAbort = () => {
+      interrupted = true;
+      ctx.out.info(`\nstopping ${id}...`);
+      stopInstance(ctx.home, id, { timeoutMs: stopTimeoutMs, reason: "stopped by Ctrl-C" })
+        .catch((e) => ctx.out.warn(`stopping ${id} failed: ${(e as Error).message}`));
+    };
+    ctx.signal.addEventListener("abort", onAbort, { once: true });
+    if (ctx.signal.aborted) onAbort();
+    const state = await final;
+    await stream;
+    ctx.signal.removeEventListener("abort", onAbort);
+    ctx.out.result({ id, state });
+    if (!ctx.json) {
+      ctx.out.info(`instance ${id} ${state.state}${state.reason ? `: ${state.reason}` : ""}`);
+    }
+    // 130 like a shell: the run ended because of the interrupt.
+    if (interrupted) return state.exitCode ?? 130;
+    if (state.exitCode !== undefined) return state.exitCode;
+    return state.state === "error" ? 1 : 0;
+  },
+};

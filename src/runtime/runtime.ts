@@ -1,0 +1,489 @@
+/**
+ * @module
+ * Instances: a manifest in the store becomes a running VM. `startInstance`
+ * resolves the artifact, assembles the disk chain, builds the config disk and
+ * kernel command line, and starts the VM through the selected adapter;
+ * `refreshInstance` reattaches to what an earlier ovm started (pid + start
+ * time + QMP) and records VMs that died; `stopInstance`, `removeInstance` and
+ * the log helpers act on instances from any ovm process.
+ */
+import { join } from "node:path";
+import { ConflictError, ValidationError, VmmError } from "../errors.ts";
+import {
+  type BootstrapConfig,
+  BootstrapConfigSchema,
+  type Digest,
+  isDigest,
+  parseBootstrapConfig,
+} from "../manifest/mod.ts";
+import { type Artifact, type ContentStore, loadArtifact } from "../store/mod.ts";
+import { buildConfigDisk, listSystem } from "../system/mod.ts";
+import type {
+  NetMode,
+  PortMapping,
+  StartedVm,
+  VmHandle,
+  VmmAdapter,
+  VmSpec,
+  VmState,
+} from "../vmm/adapter.ts";
+import { getAdapter } from "../vmm/mod.ts";
+import { type AccelRequest, chooseAccel } from "../vmm/qemu/accel.ts";
+import { assembleChain, readKernelVersion } from "./chain.ts";
+import { assertInstanceId, type InstanceState, InstanceStore, newInstanceId } from "./instance.ts";
+import { USER_NET } from "./options.ts";
+import { selectAdapter } from "./select.ts";
+
+export interface StartOptions {
+  memoryBytes?: number;
+  cpus?: number;
+  runtime?: string;
+  accel?: AccelRequest;
+  detach?: boolean;
+  name?: string;
+  net?: NetMode;
+  publish?: PortMapping[];
+  /** Replaces the bootstrap config's `cmd` (like `docker run IMAGE CMD...`). */
+  cmd?: string[];
+  /** A boot that prints nothing on the console within this bound fails. Default 60 s. */
+  bootTimeoutMs?: number;
+  signal?: AbortSignal;
+  /** Notes for people (accelerator fallback, runtime warnings). */
+  note?: (msg: string) => void;
+}
+
+export interface StartedInstance {
+  state: InstanceState;
+  vm: StartedVm;
+  adapter: VmmAdapter;
+}
+
+export const DEFAULT_MEMORY = 512 * 1024 * 1024;
+const ACTIVE: VmState[] = ["starting", "running", "paused", "stopping"];
+
+export function isActive(state: InstanceState): boolean {
+  return ACTIVE.includes(state.state);
+}
+
+/** The uid/gid QEMU runs as when ovm is root (`$OVM_QEMU_UID`/`$OVM_QEMU_GID`, default nobody). */
+export function vmmUser(): { uid: number; gid: number } | undefined {
+  if (Deno.uid() !== 0) return undefined;
+  const uid = Number(Deno.env.get("OVM_QEMU_UID") ?? 65534);
+  const gid = Number(Deno.env.get("OVM_QEMU_GID") ?? uid);
+  if (uid === 0) return undefined;
+  return { uid, gid };
+}
+
+async function readBootstrap(
+  store: ContentStore,
+  a: Artifact,
+): Promise<BootstrapConfig | undefined> {
+  const ref = a.manifest.bootstrap?.ref;
+  if (!ref || !isDigest(ref)) return undefined;
+  return parseBootstrapConfig(await store.readBlob(ref), `bootstrap config ${ref}`);
+}
+
+/** The initrd version when the artifact carries an initrd ovm built (matched by digest). */
+async function initrdVersionOf(
+  home: string,
+  digest: string | undefined,
+): Promise<string | undefined> {
+  if (!digest) return undefined;
+  try {
+    const { initrds } = await listSystem(home);
+    return initrds.find((i) => i.digest === digest)?.version;
+  } catch { /* no system dir: unknown version */ }
+  return undefined;
+}
+
+/** Boots an artifact; returns once the guest printed its first console output. */
+export async function startInstance(
+  store: ContentStore,
+  ref: string,
+  options: StartOptions = {},
+): Promise<StartedInstance> {
+  const home = store.paths.home;
+  const note = options.note ?? (() => {});
+  const artifact = await loadArtifact(store, ref);
+  const m = artifact.manifest;
+  if (m.metadata && m.metadata.platform.arch !== "x86_64") {
+    throw new ValidationError(`The artifact is for "${m.metadata.platform.arch}"; ovm runs x86_64`);
+  }
+  if (!isDigest(m.kernel.ref) || (m.initrd && !isDigest(m.initrd.ref))) {
+    throw new ValidationError("The artifact's kernel or initrd is a registry reference", {
+      hint: "pull the artifact first with 'ovm pull'",
+    });
+  }
+  if (m.ramSnapshot) note("the artifact has a RAM snapshot; this run boots it cold");
+  const adapter = await selectAdapter(m, { requested: options.runtime, warn: note });
+  for (const d of m.devices) {
+    if (!adapter.capabilities.devices.includes(d.type)) {
+      throw new ValidationError(`Device type "${d.type}" is not supported by ${adapter.name}`, {
+        hint: `supported device types: ${adapter.capabilities.devices.join(", ")}`,
+      });
+    }
+  }
+  const accel = await chooseAccel(options.accel ?? "auto");
+  if (accel.fallbackReason) note(`using TCG (software emulation): ${accel.fallbackReason}`);
+  const chain = await assembleChain(store, m.diskLayers);
+
+  const id = options.name ? assertInstanceId(options.name) : newInstanceId();
+  const instances = new InstanceStore(home);
+  await instances.create(id);
+  const paths = instances.paths(id);
+  const publish = options.publish ?? [];
+  const net = options.net ?? "user";
+  const kernel = store.blobPath(m.kernel.ref);
+  const initrd = m.initrd ? store.blobPath(m.initrd.ref) : undefined;
+  const now = new Date().toISOString();
+  let state: InstanceState = {
+    schemaVersion: 1,
+    id,
+    ref,
+    manifestDigest: artifact.descriptor.digest,
+    name: m.name,
+    version: m.version,
+    adapter: adapter.name,
+    state: "starting",
+    kernelDigest: m.kernel.ref as Digest,
+    kernelVersion: await readKernelVersion(kernel),
+    ...(m.initrd
+      ? {
+        initrdDigest: m.initrd.ref as Digest,
+        initrdVersion: await initrdVersionOf(home, m.initrd.ref),
+      }
+      : {}),
+    accel: accel.accel,
+    memoryBytes: options.memoryBytes ?? DEFAULT_MEMORY,
+    cpus: options.cpus ?? 1,
+    network: { mode: net, publish },
+    devices: [],
+    detached: options.detach ?? false,
+    createdAt: now,
+  };
+  let started: StartedVm | undefined;
+  try {
+    await instances.write(state);
+    await Deno.mkdir(paths.vmDir, { mode: 0o700 });
+
+    let config = await readBootstrap(store, artifact);
+    if (options.cmd?.length) {
+      config = { ...(config ?? BootstrapConfigSchema.parse({})), cmd: options.cmd };
+    }
+    const args = [m.kernel.args.trim()];
+    const extraDisks: VmSpec["extraDisks"] = [];
+    if (config) {
+      await buildConfigDisk(paths.configDisk, config);
+      extraDisks.push({ path: paths.configDisk, readOnly: true });
+      // Virtio disks appear in command-line order: the root chain is vda.
+      args.push(`ovms.config=/dev/vd${chain.length ? "b" : "a"}`);
+    }
+    args.push(
+      `ovms.net=${
+        net === "user" ? `${USER_NET.address},${USER_NET.gateway},${USER_NET.dns}` : "none"
+      }`,
+    );
+    const spec: VmSpec = {
+      id,
+      kernel,
+      initrd,
+      cmdline: args.filter(Boolean).join(" "),
+      memoryBytes: state.memoryBytes,
+      cpus: state.cpus,
+      accel: accel.accel,
+      rootDisk: chain.length ? { layers: chain, overlay: paths.overlay } : undefined,
+      extraDisks,
+      devices: m.devices,
+      network: { mode: net, publish },
+      vmDir: paths.vmDir,
+      consoleLog: paths.consoleLog,
+      runAs: vmmUser(),
+      detach: options.detach ?? false,
+    };
+    await adapter.prepare(spec, { signal: options.signal });
+    started = await adapter.start(spec, { signal: options.signal });
+    state = {
+      ...state,
+      state: "running",
+      pid: started.handle.pid,
+      qmpSocket: started.handle.controlSocket,
+      devices: started.handle.devices,
+      startedAt: new Date().toISOString(),
+      vm: started.handle,
+    };
+    await instances.write(state);
+  } catch (e) {
+    if (started) await adapter.stop(started.handle, { force: true }).catch(() => {});
+    // Nothing ran (or it was stopped at once): leave no instance behind.
+    await instances.remove(id).catch(() => {});
+    throw e;
+  }
+
+  const boot = await waitFirstOutput(paths.consoleLog, started, {
+    timeoutMs: options.bootTimeoutMs ?? 60_000,
+    signal: options.signal,
+  });
+  if (boot !== "output") {
+    await adapter.stop(started.handle, { force: true }).catch(() => {});
+    const tail = await tailText(paths.consoleLog, 20);
+    const qemuTail = await tailText(join(paths.vmDir, "qemu.log"), 10);
+    const reason = boot === "exited"
+      ? "the VMM exited before the guest printed anything"
+      : boot === "aborted"
+      ? "interrupted during boot"
+      : `the guest printed nothing on its console within ${
+        Math.round((options.bootTimeoutMs ?? 60_000) / 1000)
+      } s`;
+    await instances.write({
+      ...state,
+      state: "error",
+      reason,
+      stoppedAt: new Date().toISOString(),
+    });
+    if (boot === "aborted") {
+      throw options.signal?.reason ?? new DOMException("aborted", "AbortError");
+    }
+    throw new VmmError(adapter.name, "boot", reason, {
+      hint: [
+        tail ? `last console lines:\n${tail}` : "the console log is empty",
+        qemuTail ? `qemu said:\n${qemuTail}` : "",
+      ].filter(Boolean).join("\n"),
+    });
+  }
+  return { state, vm: started, adapter };
+}
+
+async function waitFirstOutput(
+  consoleLog: string,
+  vm: StartedVm,
+  options: { timeoutMs: number; signal?: AbortSignal },
+): Promise<"output" | "exited" | "timeout" | "aborted"> {
+  let exited = false;
+  vm.exited.then(() => (exited = true), () => (exited = true));
+  const deadline = Date.now() + options.timeoutMs;
+  while (true) {
+    const st = await Deno.stat(consoleLog).catch(() => undefined);
+    if (st && st.size > 0) return "output";
+    if (exited) return "exited";
+    if (options.signal?.aborted) return "aborted";
+    if (Date.now() > deadline) return "timeout";
+    await sleep(10);
+  }
+}
+
+/** The workload's exit code from the console (`OVMS-EXIT: <code>`), if it printed one. */
+export async function consoleExitCode(consoleLog: string): Promise<number | undefined> {
+  const text = await tailText(consoleLog, 50);
+  const all = [...text.matchAll(/^OVMS-EXIT: (\d+)\s*$/gm)];
+  return all.length ? Number(all[all.length - 1][1]) : undefined;
+}
+
+async function guestPoweredOff(consoleLog: string): Promise<boolean> {
+  const text = await tailText(consoleLog, 30);
+  return /OVMS-EXIT: \d+|reboot: Power down|reboot: Restarting system/.test(text);
+}
+
+/**
+ * Brings an instance's recorded state up to date: a VM whose process is gone
+ * becomes stopped (it powered off, or ovm stopped it) or error (it died), and
+ * its leftovers (sockets, shm files) are removed.
+ */
+export async function refreshInstance(home: string, state: InstanceState): Promise<InstanceState> {
+  if (!isActive(state) || !state.vm) return state;
+  const adapter = getAdapter(state.adapter);
+  const status = await adapter.status(state.vm);
+  if (status.state !== "stopped") {
+    const live: VmState = status.state === "paused"
+      ? "paused"
+      : state.state === "stopping"
+      ? "stopping"
+      : status.state === "error"
+      ? state.state
+      : status.state;
+    if (live !== state.state) {
+      state = { ...state, state: live };
+      await new InstanceStore(home).write(state);
+    }
+    return state;
+  }
+  return await recordExit(home, state, adapter);
+}
+
+async function recordExit(
+  home: string,
+  state: InstanceState,
+  adapter: VmmAdapter,
+  exit?: { code: number; signal?: string },
+): Promise<InstanceState> {
+  const instances = new InstanceStore(home);
+  // Re-read: another ovm (a `stop`) may have recorded why it ended.
+  const current = await instances.read(state.id).catch(() => state);
+  if (!isActive(current)) return current;
+  if (current.vm) await adapter.stop(current.vm).catch(() => {});
+  const paths = instances.paths(state.id);
+  const exitCode = await consoleExitCode(paths.consoleLog);
+  let next: InstanceState;
+  if (current.state === "stopping") {
+    next = { ...current, state: "stopped", reason: current.reason ?? "stopped by ovm" };
+  } else if (await guestPoweredOff(paths.consoleLog) && !exit?.signal) {
+    next = { ...current, state: "stopped", reason: "the guest powered off" };
+  } else {
+    const how = exit?.signal
+      ? `was killed by ${exit.signal}`
+      : exit
+      ? `exited with code ${exit.code}`
+      : "ended without the guest powering off (killed?)";
+    const qemuTail = await tailText(join(paths.vmDir, "qemu.log"), 3);
+    next = {
+      ...current,
+      state: "error",
+      reason: `the ${current.adapter} process (pid ${current.pid}) ${how}` +
+        (qemuTail ? `: ${qemuTail.replaceAll("\n", " | ")}` : ""),
+    };
+  }
+  next = {
+    ...next,
+    stoppedAt: new Date().toISOString(),
+    ...(exitCode !== undefined ? { exitCode } : {}),
+  };
+  await instances.write(next);
+  return next;
+}
+
+/** Waits for a VM this process started and records how it ended. */
+export async function waitInstance(
+  home: string,
+  started: StartedInstance,
+): Promise<InstanceState> {
+  const exit = await started.vm.exited;
+  return await recordExit(home, started.state, started.adapter, exit);
+}
+
+export async function listInstances(home: string): Promise<InstanceState[]> {
+  const out: InstanceState[] = [];
+  for (const s of await new InstanceStore(home).list()) out.push(await refreshInstance(home, s));
+  return out;
+}
+
+export async function getInstance(home: string, id: string): Promise<InstanceState> {
+  return await refreshInstance(home, await new InstanceStore(home).read(assertInstanceId(id)));
+}
+
+/** Stops a VM: guest power-off within `timeoutMs`, then forced. */
+export async function stopInstance(
+  home: string,
+  id: string,
+  options: { timeoutMs?: number; force?: boolean; reason?: string } = {},
+): Promise<InstanceState> {
+  const instances = new InstanceStore(home);
+  let state = await getInstance(home, id);
+  if (!isActive(state) || !state.vm) return state;
+  const adapter = getAdapter(state.adapter);
+  state = { ...state, state: "stopping", reason: options.reason ?? "stopped by 'ovm stop'" };
+  await instances.write(state);
+  const res = await adapter.stop(state.vm!, {
+    timeoutMs: options.timeoutMs,
+    force: options.force,
+  });
+  const cur = await instances.read(id);
+  if (!isActive(cur)) return cur;
+  const exitCode = await consoleExitCode(instances.paths(id).consoleLog);
+  const how = res.how === "poweroff"
+    ? "the guest powered off"
+    : res.how === "quit"
+    ? "the guest did not power off in time; the VMM was told to quit"
+    : res.how === "killed"
+    ? "the VMM was killed"
+    : "it had already stopped";
+  const next: InstanceState = {
+    ...cur,
+    state: "stopped",
+    reason: `${cur.reason ?? "stopped"} (${how})`,
+    stoppedAt: new Date().toISOString(),
+    ...(exitCode !== undefined ? { exitCode } : {}),
+  };
+  await instances.write(next);
+  return next;
+}
+
+/** Removes a stopped instance (with `force`, stops it first). */
+export async function removeInstance(
+  home: string,
+  id: string,
+  options: { force?: boolean } = {},
+): Promise<void> {
+  const state = await getInstance(home, id);
+  if (isActive(state)) {
+    if (!options.force) {
+      throw new ConflictError(`Instance "${id}" is ${state.state}`, {
+        hint: `stop it first ('ovm stop ${id}') or use 'ovm rm -f ${id}'`,
+      });
+    }
+    await stopInstance(home, id, { timeoutMs: 3000, reason: "removed by 'ovm rm -f'" });
+  }
+  await new InstanceStore(home).remove(id);
+}
+
+/** Streams the console log from `offset`, calling `write` with new bytes until `until()` says stop. */
+export async function followConsole(
+  path: string,
+  write: (chunk: Uint8Array) => void,
+  options: { offset?: number; until: () => Promise<boolean> | boolean; signal?: AbortSignal },
+): Promise<number> {
+  let offset = options.offset ?? 0;
+  const buf = new Uint8Array(64 * 1024);
+  const drain = async () => {
+    let f: Deno.FsFile;
+    try {
+      f = await Deno.open(path, { read: true });
+    } catch {
+      return;
+    }
+    try {
+      await f.seek(offset, Deno.SeekMode.Start);
+      while (true) {
+        const n = await f.read(buf);
+        if (n === null || n === 0) break;
+        write(buf.slice(0, n));
+        offset += n;
+      }
+    } finally {
+      f.close();
+    }
+  };
+  while (true) {
+    await drain();
+    if (options.signal?.aborted || (await options.until())) break;
+    await sleep(50);
+  }
+  await drain();
+  return offset;
+}
+
+async function tailText(path: string, lines: number): Promise<string> {
+  try {
+    const st = await Deno.stat(path);
+    using f = await Deno.open(path, { read: true });
+    const start = Math.max(0, st.size - 64 * 1024);
+    await f.seek(start, Deno.SeekMode.Start);
+    const buf = new Uint8Array(st.size - start);
+    let got = 0;
+    while (got < buf.byteLength) {
+      const n = await f.read(buf.subarray(got));
+      if (n === null) break;
+      got += n;
+    }
+    return new TextDecoder().decode(buf.subarray(0, got)).replaceAll("\r", "").trimEnd()
+      .split("\n").slice(-lines).join("\n");
+  } catch {
+    return "";
+  }
+}
+
+export { tailText as consoleTail };
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export type { VmHandle };
