@@ -12,7 +12,10 @@ import {
   type KernelMeta,
   listSystem,
   removeSystemVersion,
+  snapshotUsing,
 } from "../system/mod.ts";
+import { homePaths } from "../store/mod.ts";
+import { exists } from "../util/fs.ts";
 import { formatBytes } from "../util/size.ts";
 import { bool, type Command, str } from "./command.ts";
 
@@ -166,7 +169,13 @@ const rmCommand: Command = {
   usage: "system rm <version>",
   args: { min: 1, max: 1, names: "VERSION" },
   async run(ctx, input) {
-    const r = await removeSystemVersion(ctx.home, input.args[0]);
+    const r = await removeSystemVersion(ctx.home, input.args[0], {
+      isUsedByArtifact: async (v) => {
+        // Only look in a store that exists: rm must not create one.
+        if (!(await exists(homePaths(ctx.home).store))) return undefined;
+        return await snapshotUsing(await ctx.store(), v);
+      },
+    });
     ctx.out.result(r);
     for (const x of r.removed) ctx.out.line(`removed ${x.kind} ${x.version}`);
   },

@@ -39,6 +39,14 @@ export {
 } from "./layout.ts";
 export { type CpioEntry, writeCpio } from "./cpio.ts";
 export {
+  assertSnapshotSystem,
+  snapshotUsing,
+  SystemAnnotations,
+  systemAnnotations,
+  type SystemRecord,
+  systemRecord,
+} from "./snapshot.ts";
+export {
   DEFAULT_KERNEL,
   initrdVersionFor,
   OVMS_INIT_VERSION,
