@@ -50,6 +50,7 @@ export interface RemoteOptions {
   retry?: RetryOptions;
   concurrency?: number;
   chunkSize?: number;
+  monolithicMax?: number;
   onEvent?: (e: CopyEvent) => void;
 }
 
@@ -70,6 +71,7 @@ export function openRepository(ref: Reference | string, options: RemoteOptions =
     plainHttp: options.plainHttp,
     insecure: options.insecure,
     chunkSize: options.chunkSize,
+    monolithicMax: options.monolithicMax,
   });
 }
 

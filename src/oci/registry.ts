@@ -57,6 +57,8 @@ export interface RepositoryOptions {
   insecure?: boolean;
   /** Chunk size for PATCH uploads (raised to the registry's `OCI-Chunk-Min-Length`). */
   chunkSize?: number;
+  /** Blobs up to this size go in one PUT (default {@linkcode MONOLITHIC_MAX}). */
+  monolithicMax?: number;
 }
 
 export interface FetchedManifest {
@@ -76,6 +78,7 @@ export class Repository {
   #scheme: "http" | "https";
   #insecure: boolean;
   #chunkSize: number;
+  #monolithicMax: number;
 
   constructor(
     ref: { registry: string; repository: string },
@@ -87,6 +90,7 @@ export class Repository {
     this.#scheme = options.plainHttp ?? isLoopbackRegistry(ref.registry) ? "http" : "https";
     this.#insecure = options.insecure ?? false;
     this.#chunkSize = options.chunkSize ?? DEFAULT_CHUNK;
+    this.#monolithicMax = options.monolithicMax ?? MONOLITHIC_MAX;
   }
 
   get baseUrl(): string {
@@ -373,7 +377,7 @@ export class Repository {
       u.searchParams.set("digest", desc.digest);
       return u;
     };
-    if (desc.size <= Math.max(MONOLITHIC_MAX, minChunk)) {
+    if (desc.size <= Math.max(this.#monolithicMax, minChunk)) {
       const put = await this.#send({
         method: "PUT",
         url: finish(location),
