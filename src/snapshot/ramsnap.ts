@@ -12,6 +12,17 @@
 import { Buffer } from "node:buffer";
 import { compressFrame, decompressFrame } from "lz4-napi";
 import { ValidationError } from "../errors.ts";
+import {
+  closeFd,
+  type Lz4Library,
+  lz4Library,
+  MADV_SEQUENTIAL,
+  MAP_PRIVATE,
+  type Mapping,
+  mmap,
+  openFd,
+  PROT_READ,
+} from "../../ffi/mod.ts";
 
 export const RAMSNAP_FORMAT = "ovms.ramsnap";
 export const RAMSNAP_VERSION = 1;
@@ -244,24 +255,33 @@ export async function readRamsnapLayout(
   return { header, index, size };
 }
 
-/**
- * The most bytes an LZ4 frame can decode to, from its block headers alone —
- * checked before decompressing, so an lz4 bomb never reaches memory.
- */
-export function lz4FrameBound(frame: Uint8Array): number {
+export interface Lz4Block {
+  /** Offset of the block's data within the frame. */
+  offset: number;
+  size: number;
+  /** Stored uncompressed. */
+  raw: boolean;
+}
+
+/** Walks an LZ4 frame's block headers (no decompression). */
+export function lz4FrameBlocks(frame: Uint8Array): { blocks: Lz4Block[]; blockMax: number } {
   const v = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
   if (frame.byteLength < 7 || v.getUint32(0, true) !== LZ4_MAGIC) {
     throw new RangeError("not an LZ4 frame");
   }
   const flg = frame[4];
   const bd = frame[5];
+  if ((flg >> 6) !== 1) throw new RangeError("unsupported LZ4 frame version");
+  if ((flg & 0x20) === 0) {
+    throw new RangeError("LZ4 frame with linked blocks (ovm writes independent blocks)");
+  }
   const hasBlockChecksum = (flg & 0x10) !== 0;
   const hasContentSize = (flg & 0x08) !== 0;
   const hasDictId = (flg & 0x01) !== 0;
   const blockMax = [0, 0, 0, 0, 64 << 10, 256 << 10, 1 << 20, 4 << 20][(bd >> 4) & 7];
   if (!blockMax) throw new RangeError("bad LZ4 block size");
   let p = 6 + (hasContentSize ? 8 : 0) + (hasDictId ? 4 : 0) + 1;
-  let blocks = 0;
+  const blocks: Lz4Block[] = [];
   while (true) {
     if (p + 4 > frame.byteLength) throw new RangeError("truncated LZ4 frame");
     const word = v.getUint32(p, true);
@@ -269,29 +289,52 @@ export function lz4FrameBound(frame: Uint8Array): number {
     if (word === 0) break;
     const size = word & 0x7fffffff;
     if (size > blockMax) throw new RangeError("LZ4 block larger than its maximum");
+    if (p + size > frame.byteLength) throw new RangeError("truncated LZ4 frame");
+    blocks.push({ offset: p, size, raw: (word >>> 31) === 1 });
     p += size + (hasBlockChecksum ? 4 : 0);
-    blocks++;
   }
-  return blocks * blockMax;
+  return { blocks, blockMax };
 }
+
+/**
+ * The most bytes an LZ4 frame can decode to, from its block headers alone —
+ * checked before decompressing, so an lz4 bomb never reaches memory.
+ */
+export function lz4FrameBound(frame: Uint8Array): number {
+  const { blocks, blockMax } = lz4FrameBlocks(frame);
+  return blocks.length * blockMax;
+}
+
+export type DecodeEngine = "liblz4" | "lz4-napi";
 
 /**
  * Decodes a ramsnap blob into one file per section. Refuses a blob whose
  * sections exceed `limits` (the declared guest memory, say) before writing,
- * and deletes every output file when anything fails.
+ * and deletes every output file when anything fails. Uses liblz4 through FFI
+ * (decoding straight into the mapped output) when it loads, else lz4-napi.
  */
 export async function decodeRamsnap(
   path: string,
   targets: Record<string, string>,
-  options: { limits?: Record<string, number>; concurrency?: number; signal?: AbortSignal } = {},
-): Promise<RamsnapHeader> {
-  const { header, index } = await readRamsnapLayout(path);
+  options: {
+    limits?: Record<string, number>;
+    concurrency?: number;
+    signal?: AbortSignal;
+    engine?: DecodeEngine;
+  } = {},
+): Promise<RamsnapHeader & { engine: DecodeEngine }> {
+  const layout = await readRamsnapLayout(path);
+  const { header } = layout;
   for (const s of header.sections) {
     const limit = options.limits?.[s.name];
     if (limit !== undefined && s.size > limit) {
       bad(path, `section "${s.name}" declares ${s.size} bytes, over the limit of ${limit}`);
     }
     if (!(s.name in targets)) bad(path, `no target for section "${s.name}"`);
+  }
+  const lib = options.engine === "lz4-napi" ? undefined : lz4Library();
+  if (options.engine === "liblz4" && !lib) {
+    throw new ValidationError("liblz4.so.1 cannot be loaded", { hint: "install liblz4-1" });
   }
   const created: string[] = [];
   try {
@@ -300,54 +343,149 @@ export async function decodeRamsnap(
       created.push(targets[s.name]);
       await out.truncate(s.size); // sparse: all-zero frames need no write
     }
-    const work = index.frames.filter((fr) => fr[5] === 0);
+    const work = layout.index.frames.filter((fr) => fr[5] === 0);
     const concurrency = Math.max(1, options.concurrency ?? navigator.hardwareConcurrency ?? 2);
-    let next = 0;
-    const worker = async () => {
-      using src = await Deno.open(path, { read: true });
-      const outs = new Map<number, Deno.FsFile>();
-      try {
-        while (next < work.length) {
-          options.signal?.throwIfAborted();
-          const [si, at, coff, clen, len] = work[next++];
-          const frame = new Uint8Array(clen);
-          await src.seek(coff, Deno.SeekMode.Start);
-          if ((await readFull(src, frame)) !== clen) bad(path, "a frame is truncated");
-          let bound: number;
-          try {
-            bound = lz4FrameBound(frame);
-          } catch (e) {
-            return bad(path, `frame at ${coff}: ${(e as Error).message}`);
-          }
-          if (bound > header.chunkSize + (4 << 20)) {
-            bad(path, `frame at ${coff} could expand to ${bound} bytes`);
-          }
-          let data: Uint8Array;
-          try {
-            data = await decompressFrame(Buffer.from(frame.buffer));
-          } catch (e) {
-            return bad(path, `frame at ${coff} does not decompress: ${(e as Error).message}`);
-          }
-          if (data.byteLength !== len) {
-            bad(path, `frame at ${coff} decoded to ${data.byteLength} bytes, expected ${len}`);
-          }
-          let out = outs.get(si);
-          if (!out) {
-            out = await Deno.open(targets[header.sections[si].name], { write: true });
-            outs.set(si, out);
-          }
-          await out.seek(at, Deno.SeekMode.Start);
-          let off = 0;
-          while (off < data.byteLength) off += await out.write(data.subarray(off));
-        }
-      } finally {
-        for (const o of outs.values()) o.close();
-      }
-    };
-    await Promise.all(Array.from({ length: concurrency }, worker));
-    return header;
+    if (lib) await decodeNative(lib, path, layout, targets, work, concurrency, options.signal);
+    else await decodeBuffered(path, header, targets, work, concurrency, options.signal);
+    return { ...header, engine: lib ? "liblz4" : "lz4-napi" };
   } catch (e) {
     for (const p of created) await Deno.remove(p).catch(() => {});
     throw e;
   }
+}
+
+function frameBlocksOrBad(path: string, frame: Uint8Array, coff: number, chunkSize: number) {
+  let parsed;
+  try {
+    parsed = lz4FrameBlocks(frame);
+  } catch (e) {
+    return bad(path, `frame at ${coff}: ${(e as Error).message}`);
+  }
+  const bound = parsed.blocks.length * parsed.blockMax;
+  if (bound > chunkSize + parsed.blockMax) {
+    bad(path, `frame at ${coff} could expand to ${bound} bytes`);
+  }
+  return parsed.blocks;
+}
+
+/** liblz4 path: the blob is mapped; blocks decode from it into a per-worker buffer. */
+async function decodeNative(
+  lib: Lz4Library,
+  path: string,
+  layout: { header: RamsnapHeader; size: number },
+  targets: Record<string, string>,
+  work: FrameEntry[],
+  concurrency: number,
+  signal?: AbortSignal,
+): Promise<void> {
+  const { header } = layout;
+  const srcFd = openFd(path);
+  let mapping: Mapping;
+  try {
+    mapping = mmap(srcFd, layout.size, { prot: PROT_READ, flags: MAP_PRIVATE });
+  } finally {
+    closeFd(srcFd);
+  }
+  using src = mapping;
+  src.advise(MADV_SEQUENTIAL);
+  {
+    let next = 0;
+    // Each worker decodes into its own reused buffer and writes it with one
+    // write(), so all-zero chunks stay holes in the sparse output.
+    const worker = async () => {
+      const buf = new Uint8Array(header.chunkSize);
+      const bufPtr = Deno.UnsafePointer.of(buf)!;
+      const files = new Map<number, Deno.FsFile>();
+      try {
+        while (next < work.length) {
+          signal?.throwIfAborted();
+          const [si, at, coff, clen, len] = work[next++];
+          const framePtr = Deno.UnsafePointer.offset(src.pointer, coff)!;
+          const frame = new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(framePtr, clen));
+          const blocks = frameBlocksOrBad(path, frame, coff, header.chunkSize);
+          let off = 0;
+          for (const b of blocks) {
+            const room = len - off;
+            if (b.raw) {
+              if (b.size > room) bad(path, `frame at ${coff} decodes to more than ${len} bytes`);
+              buf.set(frame.subarray(b.offset, b.offset + b.size), off);
+              off += b.size;
+            } else {
+              try {
+                off += await lib.decompressBlock(
+                  Deno.UnsafePointer.offset(framePtr, b.offset)!,
+                  b.size,
+                  Deno.UnsafePointer.offset(bufPtr, off)!,
+                  room,
+                );
+              } catch (e) {
+                return bad(
+                  path,
+                  `frame at ${coff}: ${(e as Error).message} (indexed length ${len})`,
+                );
+              }
+            }
+          }
+          if (off !== len) bad(path, `frame at ${coff} decoded to ${off} bytes, expected ${len}`);
+          let out = files.get(si);
+          if (!out) {
+            out = await Deno.open(targets[header.sections[si].name], { write: true });
+            files.set(si, out);
+          }
+          await out.seek(at, Deno.SeekMode.Start);
+          let w = 0;
+          while (w < len) w += await out.write(buf.subarray(w, len));
+        }
+      } finally {
+        for (const f of files.values()) f.close();
+      }
+    };
+    await Promise.all(Array.from({ length: concurrency }, worker));
+  }
+}
+
+/** lz4-napi path: frames are read, decoded to buffers and written. */
+async function decodeBuffered(
+  path: string,
+  header: RamsnapHeader,
+  targets: Record<string, string>,
+  work: FrameEntry[],
+  concurrency: number,
+  signal?: AbortSignal,
+): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    using src = await Deno.open(path, { read: true });
+    const outs = new Map<number, Deno.FsFile>();
+    try {
+      while (next < work.length) {
+        signal?.throwIfAborted();
+        const [si, at, coff, clen, len] = work[next++];
+        const frame = new Uint8Array(clen);
+        await src.seek(coff, Deno.SeekMode.Start);
+        if ((await readFull(src, frame)) !== clen) bad(path, "a frame is truncated");
+        frameBlocksOrBad(path, frame, coff, header.chunkSize);
+        let data: Uint8Array;
+        try {
+          data = await decompressFrame(Buffer.from(frame.buffer));
+        } catch (e) {
+          return bad(path, `frame at ${coff} does not decompress: ${(e as Error).message}`);
+        }
+        if (data.byteLength !== len) {
+          bad(path, `frame at ${coff} decoded to ${data.byteLength} bytes, expected ${len}`);
+        }
+        let out = outs.get(si);
+        if (!out) {
+          out = await Deno.open(targets[header.sections[si].name], { write: true });
+          outs.set(si, out);
+        }
+        await out.seek(at, Deno.SeekMode.Start);
+        let off = 0;
+        while (off < data.byteLength) off += await out.write(data.subarray(off));
+      }
+    } finally {
+      for (const o of outs.values()) o.close();
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
 }

@@ -154,37 +154,47 @@ function assemble(frames: Uint8Array[], lens: number[], chunkSize: number): Uint
   return out;
 }
 
-Deno.test("an lz4 bomb frame is refused from its block headers, before decompressing", async () => {
-  await using tmp = await tempDir();
-  // 256 MiB of zeros in one frame (64 blocks of 4 MiB), claiming to be a 1 MiB chunk.
-  const r = await new Deno.Command("sh", {
-    args: ["-c", "head -c 268435456 /dev/zero | lz4 -B7 -c"],
-    stdout: "piped",
-  }).output();
-  const bomb = r.stdout;
-  assert.ok(lz4FrameBound(bomb) >= 256 << 20);
-  const blob = join(tmp.path, "bomb.lz4");
-  await Deno.writeFile(blob, assemble([bomb], [1 << 20], 1 << 20));
-  const out = join(tmp.path, "m");
-  await assert.rejects(decodeRamsnap(blob, { memory: out }), /could expand to 268435456 bytes/);
-  assert.equal(await Deno.stat(out).catch(() => null), null);
-});
+for (const engine of ["liblz4", "lz4-napi"] as const) {
+  Deno.test(`an lz4 bomb frame is refused by ${engine} from its block headers, before decompressing`, async () => {
+    await using tmp = await tempDir();
+    // 256 MiB of zeros in one frame (64 blocks of 4 MiB), claiming to be a 1 MiB chunk.
+    const r = await new Deno.Command("sh", {
+      args: ["-c", "head -c 268435456 /dev/zero | lz4 -B7 -c"],
+      stdout: "piped",
+    }).output();
+    const bomb = r.stdout;
+    assert.ok(lz4FrameBound(bomb) >= 256 << 20);
+    const blob = join(tmp.path, "bomb.lz4");
+    await Deno.writeFile(blob, assemble([bomb], [1 << 20], 1 << 20));
+    const out = join(tmp.path, "m");
+    await assert.rejects(
+      decodeRamsnap(blob, { memory: out }, { engine }),
+      /could expand to 268435456 bytes/,
+    );
+    assert.equal(await Deno.stat(out).catch(() => null), null);
+  });
 
-Deno.test("a frame that decodes to another length than indexed is refused", async () => {
-  await using tmp = await tempDir();
-  const frame = new Uint8Array(await compressFrame(Buffer.alloc(1000, 7)));
-  const blob = join(tmp.path, "lie.lz4");
-  await Deno.writeFile(blob, assemble([frame], [999], 4096));
-  await assert.rejects(
-    decodeRamsnap(blob, { memory: join(tmp.path, "m") }),
-    /decoded to 1000 bytes, expected 999/,
-  );
-  // A corrupted block header is an error too, never garbage memory. (Corrupted
-  // literals are caught by the blob digest, verified when the blob is stored.)
-  const good = assemble([frame], [1000], 4096);
-  const frameAt = good.indexOf(0x04, 8 + 100);
-  new DataView(good.buffer).setUint32(frameAt + 7, 0x00ffffff, true);
-  await Deno.writeFile(blob, good);
-  await assert.rejects(decodeRamsnap(blob, { memory: join(tmp.path, "m") }), ValidationError);
-  assert.equal(await Deno.stat(join(tmp.path, "m")).catch(() => null), null);
-});
+  Deno.test(`a frame that decodes to another length than indexed is refused by ${engine}`, async () => {
+    await using tmp = await tempDir();
+    const frame = new Uint8Array(await compressFrame(Buffer.alloc(1000, 7)));
+    const blob = join(tmp.path, "lie.lz4");
+    for (const claimed of [999, 1001]) {
+      await Deno.writeFile(blob, assemble([frame], [claimed], 4096));
+      await assert.rejects(
+        decodeRamsnap(blob, { memory: join(tmp.path, "m") }, { engine }),
+        /decoded to 1000 bytes, expected 99|decodes to more than 999 bytes|decoded to 1000 bytes, expected 1001/,
+      );
+    }
+    // A corrupted block header is an error too, never garbage memory. (Corrupted
+    // literals are caught by the blob digest, verified when the blob is stored.)
+    const good = assemble([frame], [1000], 4096);
+    const frameAt = good.indexOf(0x04, 8 + 100);
+    new DataView(good.buffer).setUint32(frameAt + 7, 0x00ffffff, true);
+    await Deno.writeFile(blob, good);
+    await assert.rejects(
+      decodeRamsnap(blob, { memory: join(tmp.path, "m") }, { engine }),
+      ValidationError,
+    );
+    assert.equal(await Deno.stat(join(tmp.path, "m")).catch(() => null), null);
+  });
+}
