@@ -29,6 +29,11 @@ export interface BootOptions {
   timeoutMs?: number;
   /** Extra QEMU arguments. */
   extraArgs?: string[];
+  /**
+   * Steps run while the guest is up: when the console matches `waitFor`,
+   * `monitor` is sent to the QEMU human monitor (e.g. `sendkey ctrl-alt-delete`).
+   */
+  interact?: { waitFor: RegExp; monitor: string }[];
 }
 
 export interface BootResult {
@@ -91,8 +96,10 @@ export function qemuArgs(options: BootOptions, serialFile: string): string[] {
 export async function bootVm(options: BootOptions): Promise<BootResult> {
   const dir = await Deno.makeTempDir({ prefix: "ovm-vm-" });
   const serial = join(dir, "console.log");
+  const monitor = join(dir, "monitor.sock");
+  const extra = options.interact?.length ? ["-monitor", `unix:${monitor},server=on,wait=off`] : [];
   const child = new Deno.Command("qemu-system-x86_64", {
-    args: qemuArgs(options, serial),
+    args: [...qemuArgs(options, serial), ...extra],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -106,7 +113,17 @@ export async function bootVm(options: BootOptions): Promise<BootResult> {
         child.kill("SIGKILL");
       } catch { /* gone */ }
     }, options.timeoutMs ?? 120_000);
-    const out = await child.output();
+    const status = child.output();
+    let exited = false;
+    status.finally(() => (exited = true)).catch(() => {});
+    for (const step of options.interact ?? []) {
+      while (!exited && !step.waitFor.test(await Deno.readTextFile(serial).catch(() => ""))) {
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      if (exited) break;
+      await sendMonitor(monitor, step.monitor);
+    }
+    const out = await status;
     const text = await Deno.readTextFile(serial).catch(() => "");
     if (timedOut) {
       throw new Error(
@@ -134,6 +151,18 @@ export async function bootVm(options: BootOptions): Promise<BootResult> {
   }
 }
 
+/** Sends one command to a QEMU human monitor socket. */
+export async function sendMonitor(socket: string, command: string): Promise<void> {
+  const conn = await Deno.connect({ transport: "unix", path: socket });
+  try {
+    await conn.write(new TextEncoder().encode(command + "\n"));
+    // Let QEMU read the line before the socket closes.
+    await new Promise((r) => setTimeout(r, 300));
+  } finally {
+    conn.close();
+  }
+}
+
 async function sh(cmd: string, args: string[]): Promise<void> {
   const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
   if (!out.success) {
@@ -147,7 +176,7 @@ async function sh(cmd: string, args: string[]): Promise<void> {
  */
 export async function makeBusyboxRootDisk(
   path: string,
-  options: { files?: Record<string, string>; sizeMiB?: number } = {},
+  options: { files?: Record<string, string>; sizeMiB?: number; fs?: "ext4" | "erofs" } = {},
 ): Promise<void> {
   const root = await Deno.makeTempDir({ prefix: "ovm-rootfs-" });
   try {
@@ -156,7 +185,9 @@ export async function makeBusyboxRootDisk(
     }
     await Deno.copyFile("/bin/busybox", join(root, "bin/busybox"));
     await Deno.chmod(join(root, "bin/busybox"), 0o755);
-    for (const a of ["sh", "echo", "env", "pwd", "id", "cat", "ls", "sleep", "true", "false"]) {
+    const applets = ["sh", "echo", "env", "pwd", "id", "cat", "ls", "sleep", "true", "false"];
+    applets.push("ip", "hostname", "poweroff", "mount", "kill", "ps", "sync", "touch", "grep");
+    for (const a of applets) {
       await Deno.symlink("busybox", join(root, "bin", a));
     }
     await Deno.writeTextFile(
@@ -171,6 +202,10 @@ export async function makeBusyboxRootDisk(
       if (text.startsWith("#!")) await Deno.chmod(full, 0o755);
     }
     await Deno.remove(path).catch(() => {});
+    if (options.fs === "erofs") {
+      await sh("mkfs.erofs", ["--quiet", "--force-uid=0", "--force-gid=0", "-T0", path, root]);
+      return;
+    }
     await sh("mkfs.ext4", [
       "-q",
       "-F",
