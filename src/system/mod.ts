@@ -11,7 +11,8 @@ import { ConflictError, NotFoundError } from "../errors.ts";
 import { homePaths } from "../store/mod.ts";
 import { exists } from "../util/fs.ts";
 import { addKernel } from "./kernel.ts";
-import { buildInitrd } from "./initrd.ts";
+import { buildInitrd, readInitSources } from "./initrd.ts";
+import { digestOf } from "../manifest/mod.ts";
 import {
   assertVersion,
   imageDir,
@@ -25,6 +26,7 @@ import {
 import { DEFAULT_KERNEL, initrdVersionFor, SYSTEM_ARCH } from "./versions.ts";
 
 export { initCmdline, type InitCmdlineOptions } from "./cmdline.ts";
+export { EXIT_LINE_RE, InitExitCodes, type InitOutcome, parseConsole } from "./console.ts";
 export { buildConfigDisk, DEFAULT_PATH, renderConfigFiles, shellQuote } from "./config_disk.ts";
 export { addKernel, type AddKernelOptions, parseKernelSource } from "./kernel.ts";
 export { buildInitrd, type BuildInitrdOptions } from "./initrd.ts";
@@ -123,6 +125,16 @@ export async function ensureSystem(
   }
   const iv = initrdVersionFor(kernel.version);
   let initrd = await readInitrdMeta(home, iv);
+  if (initrd && options.onProgress) {
+    // Same version, different script: someone edited ovms-init without bumping OVMS_INIT_VERSION.
+    const current = digestOf((await readInitSources()).init);
+    if (current !== initrd.inputs.ovmsInit) {
+      options.onProgress(
+        `warning: initrd ${iv} was built from another ovms-init; ` +
+          `rebuild it with 'ovm system initrd build --force'`,
+      );
+    }
+  }
   if (!initrd) {
     try {
       initrd = await buildInitrd(home, kernel.version, options);

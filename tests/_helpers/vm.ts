@@ -5,6 +5,7 @@
  * by the system tests and by the `ovm run` tests.
  */
 import { join } from "node:path";
+import { parseConsole } from "../../src/system/mod.ts";
 
 /** The shared download cache for tests, so one suite run downloads the kernel once. */
 export const TEST_CACHE = Deno.env.get("OVM_TEST_CACHE") ?? "/tmp/ovm-test-cache";
@@ -51,8 +52,7 @@ export function consoleTail(text: string, n = 30): string {
 
 /** Parses `OVMS-EXIT: <code>` from console output (the last one wins). */
 export function parseExitLine(text: string): number | undefined {
-  const all = [...text.matchAll(/^OVMS-EXIT: (\d+)\r?$/gm)];
-  return all.length ? Number(all.at(-1)![1]) : undefined;
+  return parseConsole(text).exitCode;
 }
 
 /** The QEMU arguments for a direct kernel boot under TCG; exported for other helpers. */

@@ -11,6 +11,7 @@ import {
   buildInitrd,
   ensureSystem,
   initCmdline,
+  parseConsole,
   parseKernelSource,
   removeSystemVersion,
 } from "../../src/system/mod.ts";
@@ -128,4 +129,14 @@ Deno.test("kernel sources and command-line values that cannot work are validatio
   assert.throws(() => initCmdline({ hostname: "bad name" }), ValidationError);
   assert.throws(() => initCmdline({ root: "/dev/vda quiet" }), ValidationError);
   assert.throws(() => initCmdline({ net: { address: "10.0.2.15" } }), ValidationError);
+});
+
+Deno.test("console parsing finds the last exit line and ovms-init's errors", () => {
+  const text = 'boot\r\nOVMS-EXIT: 1\r\novms-init: error: entrypoint "x" not found\r\n' +
+    "OVMS-EXIT: 127\r\n[ 1.0] reboot: Power down\r\n";
+  assert.deepEqual(parseConsole(text), {
+    exitCode: 127,
+    errors: ['entrypoint "x" not found'],
+  });
+  assert.deepEqual(parseConsole("no exit line"), { exitCode: undefined, errors: [] });
 });
