@@ -84,10 +84,20 @@ wait_block() {
 wait_block "$P_ROOT" || fail 125 "root disk $P_ROOT did not appear"
 case "$P_ROOTFS" in ext4 | erofs) ;; *) fail 125 "unsupported root filesystem \"$P_ROOTFS\"" ;; esac
 if [ "$P_ROOTMODE" = ro ] || [ "$P_ROOTFS" = erofs ]; then
-  if [ "$P_OVERLAY" = tmpfs ]; then
+  if [ "$P_OVERLAY" != none ]; then
     mkdir -p /run/ovms/lower /run/ovms/rw
     mount -t "$P_ROOTFS" -o ro "$P_ROOT" /run/ovms/lower || fail 125 "cannot mount $P_ROOT ($P_ROOTFS, ro)"
-    mount -t tmpfs -o mode=0755 tmpfs /run/ovms/rw
+    if [ "$P_OVERLAY" = tmpfs ]; then
+      mount -t tmpfs -o mode=0755 tmpfs /run/ovms/rw
+    else
+      # A writable disk for the upper layer; a blank one is formatted on first boot.
+      wait_block "$P_OVERLAY" || fail 125 "overlay disk $P_OVERLAY did not appear"
+      # Only an all-zero start counts as blank: never format a disk that holds anything.
+      if [ "$(dd if="$P_OVERLAY" bs=65536 count=1 2>/dev/null | tr -d '\000' | wc -c)" = 0 ]; then
+        mke2fs -L ovms-upper "$P_OVERLAY" >/dev/null 2>&1 || fail 125 "cannot format the overlay disk $P_OVERLAY"
+      fi
+      mount -t ext4 "$P_OVERLAY" /run/ovms/rw || fail 125 "cannot mount the overlay disk $P_OVERLAY"
+    fi
     mkdir -p /run/ovms/rw/upper /run/ovms/rw/work
     mount -t overlay overlay \
       -o lowerdir=/run/ovms/lower,upperdir=/run/ovms/rw/upper,workdir=/run/ovms/rw/work "$ROOT" ||

@@ -11,8 +11,12 @@ export interface InitCmdlineOptions {
   root?: string;
   rootFs?: "ext4" | "erofs";
   rootMode?: "ro" | "rw";
-  /** Writable layer over a read-only root. Default `tmpfs` when `rootMode` is `ro`. */
-  overlay?: "tmpfs" | "none";
+  /**
+   * Writable layer over a read-only root: `tmpfs`, or a block device holding
+   * the upper layer (formatted by the guest when blank). Default `tmpfs` when
+   * `rootMode` is `ro`.
+   */
+  overlay?: "tmpfs" | "none" | `/dev/${string}`;
   /** `exec`: run the bootstrap config's workload; `switch_root`: boot the image's `/sbin/init`. */
   mode?: "exec" | "switch_root";
   /** The block device holding the config disk (spec §6.4). */
@@ -49,7 +53,11 @@ export function initCmdline(opts: InitCmdlineOptions = {}): string {
   p.push(`ovms.root=${root}`, `ovms.rootfs=${opts.rootFs ?? "ext4"}`);
   const rootMode = opts.rootMode ?? "rw";
   p.push(`ovms.rootmode=${rootMode}`);
-  p.push(`ovms.overlay=${opts.overlay ?? (rootMode === "ro" ? "tmpfs" : "none")}`);
+  const overlay = opts.overlay ?? (rootMode === "ro" ? "tmpfs" : "none");
+  if (overlay !== "tmpfs" && overlay !== "none") {
+    check(DEVICE_RE, overlay, "overlay device", "tmpfs, none, or a device such as /dev/vdc");
+  }
+  p.push(`ovms.overlay=${overlay}`);
   p.push(`ovms.mode=${opts.mode ?? "exec"}`);
   if (opts.configDevice !== undefined) {
     p.push(`ovms.config=${check(DEVICE_RE, opts.configDevice, "config device", "e.g. /dev/vdb")}`);

@@ -4,7 +4,7 @@ import { buildConfigDisk, ensureSystem, initCmdline } from "../../src/system/mod
 import { tempDir } from "../_helpers/cli.ts";
 import { bootVm, consoleTail, makeBusyboxRootDisk, TEST_CACHE } from "../_helpers/vm.ts";
 
-Deno.test("switch_root mode boots the image's own /sbin/init from a read-only erofs root with a tmpfs overlay and a static address", async () => {
+Deno.test("switch_root mode boots the image's own /sbin/init from a read-only erofs root with an overlay disk and a static address", async () => {
   await using tmp = await tempDir();
   const set = await ensureSystem(join(tmp.path, "home"), { cacheDir: TEST_CACHE });
   const root = join(tmp.path, "root.erofs");
@@ -13,7 +13,7 @@ Deno.test("switch_root mode boots the image's own /sbin/init from a read-only er
     files: {
       "sbin/init": `#!/bin/sh
 echo "IMAGE-INIT: pid $$"
-touch /written && echo "OVERLAY: writable"
+echo kept >/written && echo "OVERLAY: writable"
 echo "ADDR: $(ip -4 -o addr show dev eth0 | grep -o 'inet [0-9./]*')"
 echo "HOSTNAME: $(hostname)"
 sync
@@ -21,17 +21,22 @@ poweroff -f
 `,
     },
   });
+  // A blank disk: the guest formats it and keeps the overlay's upper layer there.
+  const upper = join(tmp.path, "upper.img");
+  await Deno.writeFile(upper, new Uint8Array(0));
+  await Deno.truncate(upper, 8 << 20);
   const r = await bootVm({
     kernel: set.kernel.path,
     initrd: set.initrd.path,
     cmdline: initCmdline({
       rootFs: "erofs",
       rootMode: "ro",
+      overlay: "/dev/vdb",
       mode: "switch_root",
       hostname: "imgbox",
       net: { address: "10.0.2.15/24", gateway: "10.0.2.2", dns: "10.0.2.3" },
     }),
-    disks: [{ path: root, readOnly: true }],
+    disks: [{ path: root, readOnly: true }, { path: upper }],
     net: true,
   });
   const lines = r.console.split("\n");
@@ -44,6 +49,12 @@ poweroff -f
     ]
   ) assert.ok(lines.includes(want), `console lacks "${want}":\n${consoleTail(r.console)}`);
   assert.equal(r.exitCode, undefined);
+  const cat = await new Deno.Command("debugfs", {
+    args: ["-R", "cat /upper/written", upper],
+    stdout: "piped",
+    stderr: "null",
+  }).output();
+  assert.equal(new TextDecoder().decode(cat.stdout), "kept\n");
 });
 
 Deno.test("PID 1 reaps orphans, and a stop request from the host reaches the workload as its stop signal with its exit code reported", async () => {
