@@ -322,23 +322,30 @@ export class StoreTarget implements CopyTarget {
       mediaType: desc.mediaType,
     });
     let keep = false;
+    const batch = new BatchWriter(w);
     try {
       for (let resumes = 0;; resumes++) {
         try {
           if (w.offset < desc.size || desc.size === 0) {
             const stream = await src.openBlob(desc, w.offset, signal);
+            let got = w.offset;
             for await (const chunk of stream) {
-              await w.write(chunk);
-              emit({
-                type: "blob-progress",
-                digest: desc.digest,
-                size: desc.size,
-                bytes: w.offset,
-              });
+              // Checked here, not only by the writer, so reading stops at
+              // size+1 even while bytes wait in the batch.
+              if (got + chunk.byteLength > desc.size) {
+                await batch.flush();
+                await w.write(chunk);
+              }
+              await batch.push(chunk);
+              got += chunk.byteLength;
+              emit({ type: "blob-progress", digest: desc.digest, size: desc.size, bytes: got });
             }
+            await batch.flush();
           }
           break;
         } catch (e) {
+          // What arrived intact before a failure is kept for the resume.
+          await batch.flush().catch(() => {});
           if (signal?.aborted) throw e;
           if (!isNetworkError(e) || resumes >= this.#maxResumes) throw e;
           emit({
@@ -369,6 +376,63 @@ export class StoreTarget implements CopyTarget {
     await this.#store.writeBlob(bytes, { expectedDigest: desc.digest as Digest });
     if (options.reference) await this.#store.tag(options.reference, desc);
     else await this.#store.addUntagged(desc);
+  }
+}
+
+const BATCH = 4 << 20;
+
+/**
+ * Coalesces the network's small chunks into 4 MiB writes, and keeps one
+ * write in flight while the next batch fills (two buffers), so reading the
+ * socket overlaps writing the file.
+ */
+class BatchWriter {
+  #w: { write(chunk: Uint8Array): Promise<void> };
+  #bufs: Uint8Array[] = [];
+  #cur = 0;
+  #n = 0;
+  #inflight: Promise<void> | undefined;
+
+  constructor(w: { write(chunk: Uint8Array): Promise<void> }) {
+    this.#w = w;
+  }
+
+  /** Bytes accepted but not yet confirmed written. */
+  get pending(): number {
+    return this.#n;
+  }
+
+  async push(chunk: Uint8Array): Promise<void> {
+    if (this.#n + chunk.byteLength > BATCH) await this.#rotate();
+    if (chunk.byteLength >= BATCH) {
+      await this.#settle();
+      return await this.#w.write(chunk);
+    }
+    const buf = (this.#bufs[this.#cur] ??= new Uint8Array(BATCH));
+    buf.set(chunk, this.#n);
+    this.#n += chunk.byteLength;
+  }
+
+  async #settle(): Promise<void> {
+    const p = this.#inflight;
+    this.#inflight = undefined;
+    await p;
+  }
+
+  async #rotate(): Promise<void> {
+    await this.#settle();
+    if (this.#n === 0) return;
+    this.#inflight = this.#w.write(this.#bufs[this.#cur].subarray(0, this.#n));
+    // Keep a rejection from being reported as unhandled before it is awaited.
+    this.#inflight.catch(() => {});
+    this.#cur ^= 1;
+    this.#n = 0;
+  }
+
+  /** Writes everything accepted and waits for it. */
+  async flush(): Promise<void> {
+    await this.#rotate();
+    await this.#settle();
   }
 }
 

@@ -473,7 +473,7 @@ export class Repository {
   ): Promise<Descriptor[]> {
     let found: Descriptor[] | undefined;
     if (referrersCapabilityOf(this.registry) !== "unsupported") {
-      found = await this.#referrersApi(subject, options.signal);
+      found = await this.#referrersApi(subject, options.signal, options.artifactType);
     }
     if (found === undefined) {
       const index = await this.#referrersTagIndex(subject, options.signal, false);
@@ -485,9 +485,14 @@ export class Repository {
   }
 
   /** The referrers API result, or undefined when the registry does not implement it. */
-  async #referrersApi(subject: Digest, signal?: AbortSignal): Promise<Descriptor[] | undefined> {
+  async #referrersApi(
+    subject: Digest,
+    signal?: AbortSignal,
+    artifactType?: string,
+  ): Promise<Descriptor[] | undefined> {
     const out: Descriptor[] = [];
     let url: URL | undefined = new URL(this.#url(`referrers/${subject}`));
+    if (artifactType) url.searchParams.set("artifactType", artifactType);
     for (let page = 0; url && page < 1000; page++) {
       const res: Response = await this.#send({
         method: "GET",
