@@ -9,6 +9,7 @@ import {
 import {
   addKernel,
   buildInitrd,
+  DEFAULT_KERNEL,
   ensureSystem,
   initCmdline,
   parseConsole,
@@ -139,4 +140,23 @@ Deno.test("console parsing finds the last exit line and ovms-init's errors", () 
     errors: ['entrypoint "x" not found'],
   });
   assert.deepEqual(parseConsole("no exit line"), { exitCode: undefined, errors: [] });
+});
+
+Deno.test("a corrupt cached kernel package fails the pinned digest, is dropped, and nothing is installed", async () => {
+  await using tmp = await tempDir();
+  const home = join(tmp.path, "home");
+  const cache = join(tmp.path, "cache");
+  await Deno.mkdir(join(cache, "debs"), { recursive: true });
+  const deb = join(
+    cache,
+    "debs",
+    `${DEFAULT_KERNEL.debianPackage}_${DEFAULT_KERNEL.debianVersion}_amd64.deb`,
+  );
+  await Deno.writeFile(deb, crypto.getRandomValues(new Uint8Array(4096)));
+  await assert.rejects(
+    () => ensureSystem(home, { cacheDir: cache }),
+    (e) => e instanceof DigestMismatchError && e.expected === `sha256:${DEFAULT_KERNEL.sha256}`,
+  );
+  assert.deepEqual(await listFiles(join(cache, "debs")), []);
+  assert.deepEqual(await leftovers(home), []);
 });
