@@ -12,10 +12,12 @@ echo "ID: $(id -u):$(id -g)"
 echo "GREETING: [$GREETING]"
 echo "HOME: [$HOME]"
 echo "HOSTNAME: $(cat /proc/sys/kernel/hostname)"
+echo "ADDR: $(ip -4 -o addr show dev eth0 | grep -o 'inet [0-9./]*')"
+echo "DNS: $(cat /etc/resolv.conf)"
 exit 7
 `;
 
-Deno.test("a workload booted from the default kernel and initrd gets its argv, env, workdir and user, and its exit code reaches the console", async () => {
+Deno.test("a workload booted from the default kernel and initrd gets its argv, env, workdir, user and a DHCP address, and its exit code reaches the console", async () => {
   await using tmp = await tempDir();
   const set = await ensureSystem(join(tmp.path, "home"), { cacheDir: TEST_CACHE });
   const root = join(tmp.path, "root.ext4");
@@ -32,8 +34,9 @@ Deno.test("a workload booted from the default kernel and initrd gets its argv, e
   const r = await bootVm({
     kernel: set.kernel.path,
     initrd: set.initrd.path,
-    cmdline: initCmdline({ configDevice: "/dev/vdb", rootMode: "ro" }),
+    cmdline: initCmdline({ configDevice: "/dev/vdb", rootMode: "ro", net: "dhcp" }),
     disks: [{ path: root, readOnly: true }, { path: cfg, readOnly: true }],
+    net: true,
   });
   const tail = consoleTail(r.console);
   const lines = r.console.split("\n");
@@ -48,6 +51,9 @@ Deno.test("a workload booted from the default kernel and initrd gets its argv, e
       "GREETING: [hello 'quoted' $world]",
       "HOME: [/home/app]",
       "HOSTNAME: box1",
+      // QEMU user networking's DHCP server, written into the overlay's /etc/resolv.conf.
+      "ADDR: inet 10.0.2.15/24",
+      "DNS: nameserver 10.0.2.3",
     ]
   ) assert.ok(lines.includes(want), `console lacks "${want}":\n${tail}`);
   assert.equal(r.exitCode, 7, tail);
