@@ -166,3 +166,21 @@ export async function listSystem(
   }
   return { kernels, initrds };
 }
+
+/**
+ * Removes staging directories (`system/.tmp-*`) a crashed build left behind.
+ * Only old ones: a concurrent build may be using a fresh one.
+ */
+export async function sweepStaging(home: string, maxAgeMs = 60 * 60 * 1000): Promise<void> {
+  const dir = systemDir(home);
+  if (!(await exists(dir))) return;
+  const now = Date.now();
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.name.startsWith(".tmp-")) continue;
+    const p = join(dir, e.name);
+    try {
+      const st = await Deno.lstat(p);
+      if (now - (st.mtime?.getTime() ?? now) > maxAgeMs) await Deno.remove(p, { recursive: true });
+    } catch { /* raced with its owner */ }
+  }
+}

@@ -21,6 +21,7 @@ import {
   listSystem,
   readInitrdMeta,
   readKernelMeta,
+  sweepStaging,
   systemDir,
 } from "./layout.ts";
 import { DEFAULT_KERNEL, initrdVersionFor, SYSTEM_ARCH } from "./versions.ts";
@@ -110,6 +111,7 @@ export async function ensureSystem(
   const kv = options.kernelVersion ?? DEFAULT_KERNEL.version;
   let kernel = await readKernelMeta(home, assertVersion(kv, "kernel version"));
   if (!kernel) {
+    await sweepStaging(home);
     if (options.kernelVersion !== undefined && kv !== DEFAULT_KERNEL.version) {
       throw new NotFoundError(`Kernel version "${kv}" is not installed`, {
         hint: "add it with 'ovm system kernel add <source>'",
