@@ -57,7 +57,12 @@ const DEBIAN_PACKAGE_RE = /^linux-image-[a-z0-9][a-z0-9.+-]*$/;
 export function parseKernelSource(source: string): ParsedSource {
   if (/^https?:\/\//.test(source)) return { type: "url", url: source };
   const pkg = source.startsWith("debian:") ? source.slice(7) : source;
-  if (DEBIAN_PACKAGE_RE.test(pkg) && !pkg.includes("/")) return { type: "debian", package: pkg };
+  if (DEBIAN_PACKAGE_RE.test(pkg) && !pkg.endsWith(".deb")) return { type: "debian", package: pkg };
+  if (source.startsWith("debian:")) {
+    throw new ValidationError(`Invalid Debian kernel package "${pkg}"`, {
+      hint: "kernel packages are named linux-image-<ver>-<flavour>, e.g. linux-image-cloud-amd64",
+    });
+  }
   if (source.includes("/") || source.includes(".")) {
     return source.endsWith(".deb")
       ? { type: "deb-file", path: source }
@@ -65,7 +70,7 @@ export function parseKernelSource(source: string): ParsedSource {
   }
   throw new ValidationError(`Unknown kernel source "${source}"`, {
     hint: "give a Debian package (linux-image-<ver>-cloud-amd64), a .deb file, " +
-      "an https URL with --sha256, or a kernel file with --version",
+      "an https URL with --sha256, or a kernel file with --version (./vmlinux for one here)",
   });
 }
 
