@@ -58,7 +58,8 @@ export async function assembleChain(
 export async function readKernelVersion(path: string): Promise<string | undefined> {
   try {
     using f = await Deno.open(path, { read: true });
-    const buf = new Uint8Array(0x4000 + 512);
+    // kernel_version is a u16 offset from 0x200, so it lies within the first 64 KiB + 512.
+    const buf = new Uint8Array(0x10000 + 0x200);
     let got = 0;
     while (got < buf.byteLength) {
       const n = await f.read(buf.subarray(got));

@@ -219,7 +219,7 @@ export async function startInstance(
     throw e;
   }
 
-  const boot = await waitFirstOutput(paths.consoleLog, started, {
+  const boot = await waitFirstOutput(paths.consoleLog, started, adapter, {
     timeoutMs: options.bootTimeoutMs ?? 60_000,
     signal: options.signal,
   });
@@ -231,7 +231,7 @@ export async function startInstance(
       ? "the VMM exited before the guest printed anything"
       : boot === "aborted"
       ? "interrupted during boot"
-      : `the guest printed nothing on its console within ${
+      : `the guest printed nothing on its console and did no disk I/O within ${
         Math.round((options.bootTimeoutMs ?? 60_000) / 1000)
       } s`;
     await instances.write({
@@ -253,17 +253,28 @@ export async function startInstance(
   return { state, vm: started, adapter };
 }
 
+/**
+ * The boot watchdog: waits for the first console output — or, for guests
+ * that print nothing (a quiet kernel and a silent workload), for the guest's
+ * first disk I/O — and gives up after `timeoutMs`.
+ */
 async function waitFirstOutput(
   consoleLog: string,
   vm: StartedVm,
+  adapter: VmmAdapter,
   options: { timeoutMs: number; signal?: AbortSignal },
 ): Promise<"output" | "exited" | "timeout" | "aborted"> {
   let exited = false;
   vm.exited.then(() => (exited = true), () => (exited = true));
   const deadline = Date.now() + options.timeoutMs;
+  let nextActivityCheck = Date.now() + 500;
   while (true) {
     const st = await Deno.stat(consoleLog).catch(() => undefined);
     if (st && st.size > 0) return "output";
+    if (Date.now() > nextActivityCheck) {
+      if (await adapter.guestActive(vm.handle)) return "output";
+      nextActivityCheck = Date.now() + 500;
+    }
     if (exited) return "exited";
     if (options.signal?.aborted) return "aborted";
     if (Date.now() > deadline) return "timeout";

@@ -143,6 +143,12 @@ export interface VmmAdapter {
   prepare(spec: VmSpec, options?: { signal?: AbortSignal }): Promise<void>;
   start(spec: VmSpec, options?: { signal?: AbortSignal }): Promise<StartedVm>;
   status(handle: VmHandle): Promise<VmStatus>;
+  /**
+   * Whether the guest shows signs of running an OS beyond the console (QEMU:
+   * it has done disk I/O). The boot watchdog accepts this as life for guests
+   * that print nothing.
+   */
+  guestActive(handle: VmHandle): Promise<boolean>;
   pause(handle: VmHandle): Promise<void>;
   resume(handle: VmHandle): Promise<void>;
   /** Graceful (guest power-off) within `timeoutMs`, then forced; always removes runtime files. */

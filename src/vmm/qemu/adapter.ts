@@ -205,6 +205,20 @@ export class QemuAdapter implements VmmAdapter {
     }
   }
 
+  async guestActive(handle: VmHandle): Promise<boolean> {
+    try {
+      await using qmp = await this.#connect(handle, 2000);
+      const stats = await qmp.execute<{ stats?: { rd_operations?: number } }[]>(
+        "query-blockstats",
+        { "query-nodes": false },
+        { timeoutMs: 2000 },
+      );
+      return stats.some((s) => (s.stats?.rd_operations ?? 0) > 0);
+    } catch {
+      return false;
+    }
+  }
+
   async pause(handle: VmHandle): Promise<void> {
     await using qmp = await this.#connect(handle);
     await qmp.execute("stop");
