@@ -60,7 +60,8 @@ export function parseKernelSource(source: string): ParsedSource {
   if (DEBIAN_PACKAGE_RE.test(pkg) && !pkg.endsWith(".deb")) return { type: "debian", package: pkg };
   if (source.startsWith("debian:")) {
     throw new ValidationError(`Invalid Debian kernel package "${pkg}"`, {
-      hint: "kernel packages are named linux-image-<ver>-<flavour>, e.g. linux-image-cloud-amd64",
+      hint:
+        "kernel packages are named linux-image-<ver>-<flavour>, e.g. linux-image-6.1.0-56-cloud-amd64",
     });
   }
   if (source.includes("/") || source.includes(".")) {
@@ -337,6 +338,10 @@ async function stageDeb(
     if (kernels.length !== 1) {
       throw new ValidationError(
         `Kernel package ${options.what} has ${kernels.length} boot/vmlinuz-* files, expected 1`,
+        {
+          hint: "a meta-package (linux-image-cloud-amd64) holds no kernel: " +
+            "name the versioned package 'apt-cache depends <meta-package>' shows",
+        },
       );
     }
     const version = kernels[0].slice("vmlinuz-".length);
