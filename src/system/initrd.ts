@@ -7,7 +7,7 @@
  * name or time.
  */
 import { join } from "node:path";
-import { NotFoundError } from "../errors.ts";
+import { NotFoundError, OvmError } from "../errors.ts";
 import { digestFile, digestOf } from "../manifest/mod.ts";
 import { run } from "../process/mod.ts";
 import { exists, uniqueTempName, writeJsonAtomic } from "../util/fs.ts";
@@ -44,10 +44,17 @@ const INIT_SOURCES = {
 
 /** The ovms-init script shipped with this ovm (read from `initrd/` next to the sources). */
 export async function readInitSources(): Promise<{ init: Uint8Array; udhcpc: Uint8Array }> {
-  return {
-    init: await Deno.readFile(INIT_SOURCES.init),
-    udhcpc: await Deno.readFile(INIT_SOURCES.udhcpc),
-  };
+  try {
+    return {
+      init: await Deno.readFile(INIT_SOURCES.init),
+      udhcpc: await Deno.readFile(INIT_SOURCES.udhcpc),
+    };
+  } catch (e) {
+    throw new OvmError(`The ovms-init sources were not found at "${INIT_SOURCES.init}"`, {
+      cause: e,
+      hint: "a compiled ovm must be built with 'deno compile --include initrd/'",
+    });
+  }
 }
 
 async function resolveBusybox(
