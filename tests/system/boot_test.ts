@@ -28,7 +28,7 @@ Deno.test("a workload booted from the default kernel and initrd gets its argv, e
     entrypoint: ["show"],
     cmd: ["one two", "it's", ""],
     workdir: "/srv/data",
-    user: "app",
+    user: "app:staff",
     exposedPorts: [],
   }, { hostname: "box1" });
   const r = await bootVm({
@@ -47,7 +47,7 @@ Deno.test("a workload booted from the default kernel and initrd gets its argv, e
       "ARG: [it's]",
       "ARG: []",
       "CWD: /srv/data",
-      "ID: 1000:1000",
+      "ID: 1000:50",
       "GREETING: [hello 'quoted' $world]",
       "HOME: [/home/app]",
       "HOSTNAME: box1",
