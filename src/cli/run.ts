@@ -7,6 +7,7 @@
  */
 import { ValidationError } from "../errors.ts";
 import {
+  assertInstanceId,
   followConsole,
   importExportDir,
   instancePaths,
@@ -98,6 +99,8 @@ export const runCommand: Command = {
     const bootTimeoutMs = parseSeconds(str(input, "boot-timeout"), "--boot-timeout", 60);
     const stopTimeoutMs = parseSeconds(str(input, "stop-timeout"), "--stop-timeout", 10);
     const detach = bool(input, "detach");
+    const name = str(input, "name");
+    if (name !== undefined) assertInstanceId(name);
     const store = await ctx.store();
     const ref = await isExportDir(target)
       ? await importExportDir(store, target, { signal: ctx.signal })
@@ -108,7 +111,7 @@ export const runCommand: Command = {
       runtime: str(input, "runtime"),
       accel,
       detach,
-      name: str(input, "name"),
+      name,
       net,
       publish,
       cmd: cmd.length ? cmd : undefined,

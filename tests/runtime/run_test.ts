@@ -19,7 +19,7 @@ async function sh(cmd: string, args: string[]): Promise<string> {
   return dec.decode(out.stdout);
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (l.addr as Deno.NetAddr).port;
   l.close();
@@ -206,7 +206,7 @@ Deno.test({
     await t.step(
       "a guest serving HTTP is reached through -p, and killing qemu by hand is recorded as an error",
       async () => {
-        const port = await freePort();
+        const port = freePort();
         const r = await ovmIn(
           home,
           "run",

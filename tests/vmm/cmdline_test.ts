@@ -1,0 +1,119 @@
+/**
+ * The QEMU command line ovm builds, read as plain argv (no VM starts).
+ */
+import assert from "node:assert/strict";
+import { buildQemuCommand, SANDBOX } from "../../src/vmm/qemu/mod.ts";
+import type { VmSpec } from "../../src/vmm/mod.ts";
+
+function spec(over: Partial<VmSpec> = {}): VmSpec {
+  return {
+    id: "t1",
+    kernel: "/store/k",
+    initrd: "/store/i",
+    cmdline: "console=ttyS0",
+    memoryBytes: 256 * 1024 * 1024,
+    cpus: 1,
+    accel: "tcg",
+    rootDisk: {
+      layers: [
+        { path: "/store/base", offset: 512, length: 1000, format: "qcow2", virtualSize: 4096 },
+        { path: "/store/diff", offset: 512, length: 2000, format: "qcow2", virtualSize: 4096 },
+      ],
+      overlay: "/inst/vm/overlay.qcow2",
+    },
+    extraDisks: [{ path: "/inst/config.tar", readOnly: true }],
+    devices: [{ type: "ivshmem", name: "shm0", size: 1 << 20, mmio_addr: "0x10000000" }],
+    network: {
+      mode: "user",
+      publish: [{ hostIp: "127.0.0.1", hostPort: 8080, guestPort: 80, protocol: "tcp" }],
+    },
+    vmDir: "/inst/vm",
+    consoleLog: "/inst/vm/console.log",
+    detach: false,
+    ...over,
+  };
+}
+
+function after(args: string[], flag: string): string[] {
+  return args.flatMap((a, i) => (args[i - 1] === flag ? [a] : []));
+}
+
+Deno.test("the disk chain is built from the blobs in place, base first, under a runtime-set overlay", () => {
+  const cmd = buildQemuCommand(spec());
+  const nodes = after(cmd.args, "-blockdev").map((j) => JSON.parse(j));
+  const byName = new Map(nodes.map((n) => [n["node-name"], n]));
+  const fdOf = (path: string) =>
+    `/proc/self/fd/${3 + cmd.passFiles.findIndex((f) => f.path === path)}`;
+  assert.deepEqual(byName.get("layer0-file"), {
+    driver: "file",
+    "node-name": "layer0-file",
+    filename: fdOf("/store/base"),
+    "read-only": true,
+  });
+  assert.deepEqual(byName.get("layer0-raw"), {
+    driver: "raw",
+    "node-name": "layer0-raw",
+    file: "layer0-file",
+    offset: 512,
+    size: 1000,
+    "read-only": true,
+  });
+  assert.equal(byName.get("layer0").backing, null);
+  assert.equal(byName.get("layer1").backing, "layer0");
+  assert.equal(byName.get("layer1")["read-only"], true);
+  assert.equal(byName.get("overlay").backing, "layer1");
+  assert.equal(byName.get("overlay-file").filename, fdOf("/inst/vm/overlay.qcow2"));
+  assert.ok(cmd.args.includes("virtio-blk-pci,drive=overlay,id=root,serial=ovm-root"));
+  // Layers are opened read-only; only the overlay read-write.
+  assert.deepEqual(
+    cmd.passFiles.filter((f) => f.mode === "readwrite").map((f) => f.path),
+    ["/inst/vm/overlay.qcow2"],
+  );
+});
+
+Deno.test("a raw base layer is a raw node at the tar's data offset", () => {
+  const cmd = buildQemuCommand(spec({
+    rootDisk: {
+      layers: [{ path: "/store/raw", offset: 512, length: 4096, format: "raw", virtualSize: 4096 }],
+      overlay: "/inst/vm/overlay.qcow2",
+    },
+  }));
+  const nodes = after(cmd.args, "-blockdev").map((j) => JSON.parse(j));
+  const base = nodes.find((n) => n["node-name"] === "layer0");
+  assert.equal(base.driver, "raw");
+  assert.equal(base.offset, 512);
+  assert.equal(nodes.find((n) => n["node-name"] === "overlay").backing, "layer0");
+});
+
+Deno.test("the command line is sandboxed, has no default devices and boots the kernel directly", () => {
+  const cmd = buildQemuCommand(spec());
+  assert.deepEqual(after(cmd.args, "-sandbox"), [SANDBOX]);
+  assert.match(SANDBOX, /elevateprivileges=deny/);
+  assert.match(SANDBOX, /spawn=deny/);
+  assert.ok(cmd.args.includes("-nodefaults"));
+  assert.deepEqual(after(cmd.args, "-display"), ["none"]);
+  assert.deepEqual(after(cmd.args, "-append"), ["console=ttyS0"]);
+  assert.deepEqual(after(cmd.args, "-qmp"), ["unix:qmp.sock,server=on,wait=off"]);
+  assert.deepEqual(after(cmd.args, "-accel"), ["tcg"]);
+  assert.deepEqual(after(cmd.args, "-m"), ["256M"]);
+  assert.equal(cmd.passFiles.find((f) => f.path === "/inst/vm/console.log")?.mode, "append");
+});
+
+Deno.test("an ivshmem device is a shared-memory file named after the instance and device", () => {
+  const cmd = buildQemuCommand(spec());
+  assert.ok(cmd.args.includes(
+    "memory-backend-file,id=shm-shm0,share=on,mem-path=/dev/shm/ovm-t1-shm0,size=1048576",
+  ));
+  assert.ok(cmd.args.includes("ivshmem-plain,memdev=shm-shm0,id=ivshmem-shm0"));
+  assert.deepEqual(cmd.runtimeFiles, ["/dev/shm/ovm-t1-shm0"]);
+  assert.equal(cmd.devices[0].mmioAddr, "0x10000000");
+  assert.equal(cmd.devices[0].hostPath, "/dev/shm/ovm-t1-shm0");
+});
+
+Deno.test("published ports become user-network host forwards; --net none adds no NIC", () => {
+  const user = buildQemuCommand(spec());
+  assert.deepEqual(after(user.args, "-netdev"), ["user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"]);
+  const none = buildQemuCommand(spec({ network: { mode: "none", publish: [] } }));
+  assert.deepEqual(after(none.args, "-netdev"), []);
+  assert.ok(!none.args.some((a) => a.startsWith("virtio-net")));
+});
