@@ -21,6 +21,10 @@ import { psCommand } from "./ps.ts";
 import { rmCommand } from "./rm.ts";
 import { runCommand } from "./run.ts";
 import { stopCommand } from "./stop.ts";
+import { keygenCommand } from "./keygen.ts";
+import { signCommand } from "./sign.ts";
+import { verifyCommand } from "./verify.ts";
+import { policyCommand } from "./policy.ts";
 
 export const COMMANDS: Command[] = [
   packCommand,
@@ -38,6 +42,10 @@ export const COMMANDS: Command[] = [
   stopCommand,
   logsCommand,
   rmCommand,
+  keygenCommand,
+  signCommand,
+  verifyCommand,
+  policyCommand,
   gcCommand,
   systemCommand,
   versionCommand,

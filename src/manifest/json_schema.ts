@@ -5,6 +5,7 @@
  */
 import { z } from "zod";
 import { BootstrapConfigSchema, ManifestSchema } from "./schema.ts";
+import { PolicySchema } from "../sign/policy_schema.ts";
 
 const BASE = "https://ovms.dev/schemas";
 
@@ -17,6 +18,7 @@ export function jsonSchemas(): Record<string, unknown> {
   return {
     "manifest.v1.json": gen(ManifestSchema, "manifest.v1.json"),
     "bootstrap.config.v1.json": gen(BootstrapConfigSchema, "bootstrap.config.v1.json"),
+    "policy.v1.json": gen(PolicySchema, "policy.v1.json"),
   };
 }
 

@@ -30,7 +30,13 @@ export interface AttachResult {
 export async function pushAttachment(
   repo: Repository,
   manifest: ImageManifest,
-  options: { blobs?: Uint8Array[]; tag?: string; signal?: AbortSignal } = {},
+  options: {
+    blobs?: Uint8Array[];
+    tag?: string;
+    signal?: AbortSignal;
+    /** The manifest's exact bytes, when copying one (default: canonical JSON). */
+    bytes?: Uint8Array;
+  } = {},
 ): Promise<AttachResult> {
   const { signal } = options;
   for (const b of options.blobs ?? []) {
@@ -39,7 +45,7 @@ export async function pushAttachment(
       signal,
     });
   }
-  const bytes = canonicalJson(manifest);
+  const bytes = options.bytes ?? canonicalJson(manifest);
   const mediaType = manifest.mediaType ?? MediaTypes.ociManifest;
   const digest = digestOf(bytes);
   const { subjectIndexed } = await repo.pushManifest(options.tag ?? digest, bytes, mediaType, {

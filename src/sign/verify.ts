@@ -1,0 +1,173 @@
+/**
+ * @module
+ * Verification of one manifest digest against trusted keys, by both routes:
+ * Sigstore bundles found as referrers, and legacy cosign signatures at
+ * `sha256-<hex>.sig`. A signature counts only when it verifies
+ * cryptographically AND what it signed is the digest being verified; a valid
+ * signature for another digest is a replay and is reported as such.
+ */
+import { PolicyError } from "../errors.ts";
+import type { Digest } from "../manifest/mod.ts";
+import {
+  base64Decode,
+  parseBundle,
+  parseSimpleSigningPayload,
+  SignAnnotations,
+  SignMediaTypes,
+} from "./formats.ts";
+import { type PublicKey, verifySignature } from "./keys.ts";
+import {
+  MAX_ATTACHMENT_BYTES,
+  MAX_SIGNATURES,
+  type SignatureSource,
+  type StoredManifest,
+} from "./sources.ts";
+
+export type SignatureForm = "bundle" | "cosign-legacy";
+
+export interface VerifiedSignature {
+  form: SignatureForm;
+  /** The trusted key that verified it: `sha256:<hex>` of its PKIX DER. */
+  keyFingerprint: string;
+  keySource: string;
+  /** The manifest (bundle referrer or `.sig`) that carried it. */
+  carrier: Digest;
+}
+
+export interface VerificationReport {
+  digest: Digest;
+  verified: VerifiedSignature[];
+  /** Signatures found that did not count, each with why. */
+  problems: string[];
+  /** Signatures examined (bounded by MAX_SIGNATURES). */
+  examined: number;
+}
+
+/**
+ * Checks every signature `source` holds for `subject` (whose manifest bytes
+ * are `subjectBytes`, already digest-checked) against `keys`.
+ */
+export async function verifyDigest(
+  source: SignatureSource,
+  subject: { digest: Digest; bytes: Uint8Array },
+  options: { keys: PublicKey[]; signal?: AbortSignal },
+): Promise<VerificationReport> {
+  const { keys, signal } = options;
+  const report: VerificationReport = {
+    digest: subject.digest,
+    verified: [],
+    problems: [],
+    examined: 0,
+  };
+  const budget = () => report.examined < MAX_SIGNATURES;
+
+  for (const m of await source.bundleManifests(subject.digest, signal)) {
+    if (!budget()) break;
+    report.examined++;
+    try {
+      const v = await checkBundle(source, m, subject, keys, signal);
+      if (typeof v === "string") report.problems.push(v);
+      else report.verified.push(v);
+    } catch (e) {
+      report.problems.push(`bundle ${m.descriptor.digest}: ${(e as Error).message}`);
+    }
+  }
+
+  const legacy = await source.legacyManifest(subject.digest, signal);
+  if (legacy) {
+    for (const layer of legacy.manifest.layers) {
+      if (layer.mediaType !== SignMediaTypes.simpleSigning) continue;
+      if (!budget()) break;
+      report.examined++;
+      const where = `cosign signature ${layer.digest} in ${legacy.descriptor.digest}`;
+      try {
+        const sigB64 = layer.annotations?.[SignAnnotations.signature];
+        if (!sigB64) {
+          report.problems.push(`${where}: no "${SignAnnotations.signature}" annotation`);
+          continue;
+        }
+        const sig = base64Decode(sigB64);
+        const payload = await source.blob(layer, MAX_ATTACHMENT_BYTES, signal);
+        const key = await firstVerifying(keys, sig, payload);
+        if (!key) {
+          report.problems.push(`${where}: does not verify with any trusted key`);
+          continue;
+        }
+        const p = parseSimpleSigningPayload(payload);
+        if (p.digest !== subject.digest) {
+          report.problems.push(
+            `${where}: signs "${p.digest}", not "${subject.digest}" (a signature replayed from another artifact)`,
+          );
+          continue;
+        }
+        report.verified.push({
+          form: "cosign-legacy",
+          keyFingerprint: key.fingerprint,
+          keySource: key.source,
+          carrier: legacy.descriptor.digest as Digest,
+        });
+      } catch (e) {
+        report.problems.push(`${where}: ${(e as Error).message}`);
+      }
+    }
+  }
+  return report;
+}
+
+async function checkBundle(
+  source: SignatureSource,
+  m: StoredManifest,
+  subject: { digest: Digest; bytes: Uint8Array },
+  keys: PublicKey[],
+  signal?: AbortSignal,
+): Promise<VerifiedSignature | string> {
+  const where = `bundle ${m.descriptor.digest}`;
+  if (m.manifest.subject?.digest !== subject.digest) {
+    return `${where}: its subject is "${m.manifest.subject?.digest}", not "${subject.digest}"`;
+  }
+  const layer = m.manifest.layers.find((l) => l.mediaType === SignMediaTypes.bundle);
+  if (!layer) return `${where}: no layer of media type "${SignMediaTypes.bundle}"`;
+  const bundle = parseBundle(await source.blob(layer, MAX_ATTACHMENT_BYTES, signal));
+  if (bundle.digest !== subject.digest) {
+    return `${where}: signs "${bundle.digest}", not "${subject.digest}" (a signature replayed from another artifact)`;
+  }
+  // The hint names the key; try it first, then the rest (cosign leaves hints empty).
+  const ordered = [
+    ...keys.filter((k) => k.fingerprint.endsWith(bundle.keyHint) && bundle.keyHint),
+    ...keys,
+  ];
+  const key = await firstVerifying(ordered, bundle.signature, subject.bytes);
+  if (!key) return `${where}: does not verify with any trusted key`;
+  return {
+    form: "bundle",
+    keyFingerprint: key.fingerprint,
+    keySource: key.source,
+    carrier: m.descriptor.digest as Digest,
+  };
+}
+
+async function firstVerifying(
+  keys: PublicKey[],
+  sig: Uint8Array,
+  data: Uint8Array,
+): Promise<PublicKey | undefined> {
+  for (const k of keys) {
+    if (await verifySignature(k, sig, data)) return k;
+  }
+  return undefined;
+}
+
+/** Throws a PolicyError listing the problems when nothing verified. */
+export function assertVerified(report: VerificationReport, what: string): void {
+  if (report.verified.length) return;
+  const detail = report.problems.length
+    ? `:\n  - ${report.problems.join("\n  - ")}`
+    : ": no signature found (no bundle referrer, no sha256-<hex>.sig tag)";
+  throw new PolicyError(
+    `No valid signature by a trusted key for ${what} (${report.digest})${detail}`,
+    {
+      hint:
+        "sign it with `ovm sign --key KEY <ref>`, or check that --key is the signer's public key",
+    },
+  );
+}
