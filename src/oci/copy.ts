@@ -106,7 +106,9 @@ export async function copy(
   dst: CopyTarget,
   options: CopyOptions & { srcRef?: string; dstRef?: string } = {},
 ): Promise<CopyResult> {
-  const { signal } = options;
+  // One blob failing stops the others (their ingests stay resumable).
+  const stop = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
   const emit = options.onEvent ?? (() => {});
   const root = await src.resolve(options.srcRef, signal);
   emit({
@@ -134,7 +136,7 @@ export async function copy(
     node = { descriptor: child, bytes: await src.fetchManifest(child, signal) };
   }
   const stats = { blobs: 0, bytes: 0, transferred: 0 };
-  await copyNode(src, dst, node, options.dstRef, { ...options, emit }, stats, 0);
+  await copyNode(src, dst, node, options.dstRef, { ...options, signal, emit, stop }, stats, 0);
   return { descriptor: node.descriptor, resolved: root.descriptor, ...stats };
 }
 
@@ -143,7 +145,7 @@ async function copyNode(
   dst: CopyTarget,
   node: FetchedManifest,
   reference: string | undefined,
-  options: CopyOptions & { emit: (e: CopyEvent) => void },
+  options: CopyOptions & { emit: (e: CopyEvent) => void; stop: AbortController },
   stats: { blobs: number; bytes: number; transferred: number },
   depth: number,
 ): Promise<void> {
@@ -171,7 +173,10 @@ async function copyNode(
     });
     await pool(blobs, options.concurrency ?? 4, async (b) => {
       signal?.throwIfAborted();
-      const status = await dst.pushBlob(b, src, { signal, emit });
+      const status = await dst.pushBlob(b, src, { signal, emit }).catch((e) => {
+        options.stop.abort(e);
+        throw e;
+      });
       stats.blobs++;
       stats.bytes += b.size;
       if (status === "pushed" || status === "fetched") stats.transferred += b.size;

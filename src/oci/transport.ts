@@ -251,7 +251,9 @@ export class AuthTransport implements Transport {
       });
       const scopes = new Set(req.scopes ?? []);
       if (bearer.params.scope) { for (const s of bearer.params.scope.split(" ")) scopes.add(s); }
-      await this.#fetchToken(host, [...scopes], req.signal);
+      const entry = await this.#fetchToken(host, [...scopes], req.signal);
+      // The retry below looks the token up by the request's own scopes.
+      this.#tokens.set(tokenKey(host, req.scopes ?? []), entry);
     } else if (basic) {
       this.#hosts.set(host, { scheme: "basic" });
     } else {
