@@ -19,8 +19,18 @@ export const PERMISSIONS = [
   "--allow-sys", // free memory checks before preloading snapshots, hostname
 ];
 
+/** Files read at run time next to the sources (the init that goes into every initrd). */
+export const INCLUDES = ["initrd/"];
+
 export function compileArgs(output = "dist/ovm"): string[] {
-  return ["compile", ...PERMISSIONS, "--output", output, "main.ts"];
+  return [
+    "compile",
+    ...PERMISSIONS,
+    ...INCLUDES.flatMap((p) => ["--include", p]),
+    "--output",
+    output,
+    "main.ts",
+  ];
 }
 
 if (import.meta.main) {
@@ -35,7 +45,9 @@ if (import.meta.main) {
   const stderr = new TextDecoder().decode(res.stderr);
   await Deno.stderr.write(res.stderr);
   if (!res.success) {
-    if (/dl\.deno\.land|dns error|error sending request/.test(stderr) && !Deno.env.get("DENORT_BIN")) {
+    if (
+      /dl\.deno\.land|dns error|error sending request/.test(stderr) && !Deno.env.get("DENORT_BIN")
+    ) {
       console.error(
         "\ndeno compile could not download its runtime (denort). Set DENORT_BIN to a local\n" +
           `denort ${Deno.version.deno} binary (denort-x86_64-unknown-linux-gnu.zip from dl.deno.land) and retry.`,

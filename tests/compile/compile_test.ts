@@ -18,7 +18,8 @@ Deno.test({
       stderr: "piped",
     }).output();
     assert.equal(res.code, 0, new TextDecoder().decode(res.stderr));
-    const v = await new Deno.Command(out, { args: ["version", "--json"], stdout: "piped" }).output();
+    const v = await new Deno.Command(out, { args: ["version", "--json"], stdout: "piped" })
+      .output();
     assert.equal(v.code, 0);
     assert.equal(JSON.parse(new TextDecoder().decode(v.stdout)).ovms, "0.1");
   },
