@@ -107,7 +107,15 @@ export async function pullToStore(
       signal: options.signal,
       onEvent: options.onEvent,
       verify: options.any ? undefined : (desc, manifest, config) => {
-        artifactFromDocuments(desc, manifest, config);
+        try {
+          artifactFromDocuments(desc, manifest, config);
+        } catch (e) {
+          if (!(e instanceof ValidationError)) throw e;
+          throw new ValidationError(`"${ref}" is not a valid OVMS artifact: ${e.message}`, {
+            cause: e,
+            hint: "to fetch any OCI image (e.g. for `ovm convert`) use `ovm pull --any`",
+          });
+        }
       },
     })
   );
