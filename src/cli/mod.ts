@@ -12,6 +12,7 @@ import { packCommand } from "./pack.ts";
 import { pullCommand } from "./pull.ts";
 import { pushCommand } from "./push.ts";
 import { copyCommand } from "./copy.ts";
+import { convertCommand } from "./convert.ts";
 import { referrersCommand } from "./referrers.ts";
 import { loginCommand, logoutCommand } from "./login.ts";
 import { systemCommand } from "./system.ts";
@@ -34,6 +35,7 @@ export const COMMANDS: Command[] = [
   pushCommand,
   pullCommand,
   copyCommand,
+  convertCommand,
   referrersCommand,
   loginCommand,
   logoutCommand,
