@@ -118,6 +118,9 @@ export const runCommand: Command = {
       bootTimeoutMs,
       signal: ctx.signal,
       note: (m) => ctx.out.warn(m),
+      trace: ctx.env.get("OVM_TRACE")
+        ? (s, ms) => ctx.out.info(`trace: ${s}: ${ms.toFixed(1)} ms`)
+        : undefined,
     });
     const id = started.state.id;
     if (detach) {

@@ -50,6 +50,8 @@ export interface StartOptions {
   signal?: AbortSignal;
   /** Notes for people (accelerator fallback, runtime warnings). */
   note?: (msg: string) => void;
+  /** Called after each step with its duration (`OVM_TRACE=1 ovm run`; the bench reads it). */
+  trace?: (step: string, ms: number) => void;
 }
 
 export interface StartedInstance {
@@ -104,7 +106,14 @@ export async function startInstance(
 ): Promise<StartedInstance> {
   const home = store.paths.home;
   const note = options.note ?? (() => {});
+  let mark = performance.now();
+  const step = (name: string) => {
+    const now = performance.now();
+    options.trace?.(name, now - mark);
+    mark = now;
+  };
   const artifact = await loadArtifact(store, ref);
+  step("resolve manifest");
   const m = artifact.manifest;
   if (m.metadata && m.metadata.platform.arch !== "x86_64") {
     throw new ValidationError(`The artifact is for "${m.metadata.platform.arch}"; ovm runs x86_64`);
@@ -125,7 +134,9 @@ export async function startInstance(
   }
   const accel = await chooseAccel(options.accel ?? "auto");
   if (accel.fallbackReason) note(`using TCG (software emulation): ${accel.fallbackReason}`);
+  step("select runtime and accelerator");
   const chain = await assembleChain(store, m.diskLayers);
+  step("assemble disk chain");
 
   const id = options.name ? assertInstanceId(options.name) : newInstanceId();
   const instances = new InstanceStore(home);
@@ -200,8 +211,11 @@ export async function startInstance(
       runAs: vmmUser(),
       detach: options.detach ?? false,
     };
+    step("instance dir, config disk, cmdline");
     await adapter.prepare(spec, { signal: options.signal });
+    step("prepare (overlay)");
     started = await adapter.start(spec, { signal: options.signal });
+    step("spawn until QMP socket");
     state = {
       ...state,
       state: "running",
@@ -223,6 +237,7 @@ export async function startInstance(
     timeoutMs: options.bootTimeoutMs ?? 60_000,
     signal: options.signal,
   });
+  step("wait for first console output");
   if (boot !== "output") {
     await adapter.stop(started.handle, { force: true }).catch(() => {});
     const tail = await tailText(paths.consoleLog, 20);
