@@ -4,10 +4,17 @@
  * (the digest, the rule that matched, the signatures found).
  */
 import { checkAdmission, loadPolicy, policyPath } from "../sign/mod.ts";
-import { type Command, str } from "./command.ts";
+import { type Command, type OptionSpec, str } from "./command.ts";
 import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
 import { ValidationError } from "../errors.ts";
 import { parseReference } from "../oci/mod.ts";
+
+/** `--policy FILE`, shared by the verbs that enforce the admission policy (pull, run). */
+export const POLICY_OPTION: OptionSpec = {
+  type: "string",
+  valueName: "FILE",
+  help: "Admission policy file (default $OVM_HOME/policy.json when it exists)",
+};
 
 const checkCommand: Command = {
   name: "check",

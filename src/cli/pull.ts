@@ -7,6 +7,8 @@ import { pullToStore } from "../oci/mod.ts";
 import { formatBytes } from "../util/size.ts";
 import { bool, type Command, str } from "./command.ts";
 import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
+import { enforcePolicy } from "../sign/mod.ts";
+import { POLICY_OPTION } from "./policy.ts";
 
 export const pullCommand: Command = {
   name: "pull",
@@ -26,6 +28,7 @@ export const pullCommand: Command = {
       valueName: "NAME:TAG",
       help: "Local reference to record (default: the remote reference)",
     },
+    policy: POLICY_OPTION,
   },
   examples: [
     "ovm pull localhost:5000/vms/demo:1.0",
@@ -35,13 +38,23 @@ export const pullCommand: Command = {
     const ref = input.args[0];
     const { options, progress } = remoteOptions(ctx, input);
     const store = await ctx.store();
+    // Admission policy (src/sign): checked in the registry before anything is
+    // fetched; the digest it checked is what gets pulled.
+    const admitted = await enforcePolicy(ref, {
+      ...options,
+      kind: "pull",
+      home: ctx.home,
+      policyFile: str(input, "policy"),
+      warn: (m) => ctx.out.warn(m),
+    });
     let res;
     try {
-      res = await pullToStore(store, ref, {
+      res = await pullToStore(store, admitted?.pinned ?? ref, {
         ...options,
         any: bool(input, "any"),
-        localRef: str(input, "tag"),
+        localRef: str(input, "tag") ?? admitted?.localRef,
       });
+      await admitted?.keep(store);
     } finally {
       progress.finish();
     }

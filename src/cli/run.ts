@@ -21,6 +21,8 @@ import {
 import { parseAccel } from "../vmm/qemu/accel.ts";
 import { parseSize } from "../util/size.ts";
 import { bool, type Command, str, strs } from "./command.ts";
+import { enforcePolicy } from "../sign/mod.ts";
+import { POLICY_OPTION } from "./policy.ts";
 
 function parseCpus(v: string | undefined): number {
   if (v === undefined) return 1;
@@ -79,6 +81,7 @@ export const runCommand: Command = {
       help: "On Ctrl-C, wait this long for the guest to power off",
       default: "10",
     },
+    policy: POLICY_OPTION,
   },
   args: { min: 1, max: Infinity, names: "REF|PATH [CMD...]" },
   examples: [
@@ -105,7 +108,16 @@ export const runCommand: Command = {
     const ref = await isExportDir(target)
       ? await importExportDir(store, target, { signal: ctx.signal })
       : target;
-    const started = await startInstance(store, ref, {
+    // Admission policy (src/sign): checked against the local store; the
+    // digest it checked is what boots.
+    const admitted = await enforcePolicy(ref, {
+      kind: "run",
+      home: ctx.home,
+      store,
+      policyFile: str(input, "policy"),
+      warn: (m) => ctx.out.warn(m),
+    });
+    const started = await startInstance(store, admitted?.pinned ?? ref, {
       memoryBytes,
       cpus,
       runtime: str(input, "runtime"),
