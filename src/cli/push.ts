@@ -8,6 +8,7 @@ import { ValidationError } from "../errors.ts";
 import { pushFromStore, type RemoteOptions } from "../oci/mod.ts";
 import { parseProgressMode, Progress } from "../util/progress.ts";
 import { formatBytes } from "../util/size.ts";
+import { pushLocalSignatures } from "../sign/mod.ts";
 import {
   bool,
   type CliContext,
@@ -98,6 +99,8 @@ export const pushCommand: Command = {
     let res;
     try {
       res = await pushFromStore(store, local, remote, options);
+      // Signatures made in the local store (src/sign) travel with the artifact.
+      await pushLocalSignatures(store, local, remote, res.digest, options);
     } finally {
       progress.finish();
     }

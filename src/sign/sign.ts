@@ -231,6 +231,33 @@ export async function copySignatures(
   return n;
 }
 
+/**
+ * After `ovm push` of a local store ref: copies the signatures the store
+ * holds for the pushed digest to the destination repository. Costs no
+ * registry request when the artifact has no local signatures.
+ */
+export async function pushLocalSignatures(
+  store: ContentStore,
+  localRef: string,
+  remoteRef: string,
+  digest: Digest,
+  options: RemoteOptions = {},
+): Promise<number> {
+  // An export directory carries no signatures.
+  if (await Deno.stat(localRef).then((s) => s.isDirectory, () => false)) return 0;
+  let repository = "";
+  try {
+    repository = parseLocalRef(localRef).repository;
+  } catch { /* a bare digest: signatures are found by digest all the same */ }
+  const from = new LocalSignatureSource(store, repository);
+  const hasAny = (await from.bundleManifests(digest)).length > 0 ||
+    (await from.legacyManifest(digest)) !== undefined;
+  if (!hasAny) return 0;
+  const r = parseReference(remoteRef);
+  const to = new RemoteSignatureSource(openRepository(r, options));
+  return await copySignatures(from, to, digest, { signal: options.signal });
+}
+
 /** Signatures are the same when payload and signature annotation are. */
 function dedupeLayers(layers: Descriptor[]): Descriptor[] {
   const seen = new Set<string>();
