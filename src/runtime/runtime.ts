@@ -8,7 +8,7 @@
  * the log helpers act on instances from any ovm process.
  */
 import { join } from "node:path";
-import { ConflictError, ValidationError, VmmError } from "../errors.ts";
+import { ConflictError, NotFoundError, ValidationError, VmmError } from "../errors.ts";
 import {
   type BootstrapConfig,
   BootstrapConfigSchema,
@@ -17,7 +17,7 @@ import {
   parseBootstrapConfig,
 } from "../manifest/mod.ts";
 import { type Artifact, type ContentStore, loadArtifact } from "../store/mod.ts";
-import { buildConfigDisk, listSystem } from "../system/mod.ts";
+import { buildConfigDisk, imageDir, listSystem } from "../system/mod.ts";
 import type {
   NetMode,
   PortMapping,
@@ -85,17 +85,39 @@ async function readBootstrap(
   return parseBootstrapConfig(await store.readBlob(ref), `bootstrap config ${ref}`);
 }
 
-/** The initrd version when the artifact carries an initrd ovm built (matched by digest). */
-async function initrdVersionOf(
-  home: string,
-  digest: string | undefined,
-): Promise<string | undefined> {
-  if (!digest) return undefined;
+interface BootFile {
+  path: string;
+  /** The system version when the digest is one of ovm's system images. */
+  version?: string;
+}
+
+/**
+ * Finds the kernel or initrd with `digest`: the artifact's blob in the store,
+ * else an installed system image with that digest (artifacts built for ovm's
+ * system set may name it without carrying it).
+ */
+async function bootFile(
+  store: ContentStore,
+  kind: "kernel" | "initrd",
+  digest: string,
+): Promise<BootFile> {
+  let system: { version: string; digest: string; arch: string; file: string }[] = [];
   try {
-    const { initrds } = await listSystem(home);
-    return initrds.find((i) => i.digest === digest)?.version;
-  } catch { /* no system dir: unknown version */ }
-  return undefined;
+    const set = await listSystem(store.paths.home);
+    system = kind === "kernel" ? set.kernels : set.initrds;
+  } catch { /* no system images */ }
+  const hit = system.find((s) => s.digest === digest);
+  if (await store.has(digest)) return { path: store.blobPath(digest), version: hit?.version };
+  if (hit) {
+    return {
+      path: join(imageDir(store.paths.home, kind, hit.version, hit.arch), hit.file),
+      version: hit.version,
+    };
+  }
+  throw new NotFoundError(
+    `The artifact's ${kind} "${digest}" is neither in the store nor a system image`,
+    { hint: "pull the artifact again, or install the system set it names ('ovm system ls')" },
+  );
 }
 
 /** Boots an artifact; returns once the guest printed its first console output. */
@@ -144,8 +166,10 @@ export async function startInstance(
   const paths = instances.paths(id);
   const publish = options.publish ?? [];
   const net = options.net ?? "user";
-  const kernel = store.blobPath(m.kernel.ref);
-  const initrd = m.initrd ? store.blobPath(m.initrd.ref) : undefined;
+  const kernelFile = await bootFile(store, "kernel", m.kernel.ref);
+  const initrdFile = m.initrd ? await bootFile(store, "initrd", m.initrd.ref) : undefined;
+  const kernel = kernelFile.path;
+  const initrd = initrdFile?.path;
   const now = new Date().toISOString();
   let state: InstanceState = {
     schemaVersion: 1,
@@ -157,12 +181,9 @@ export async function startInstance(
     adapter: adapter.name,
     state: "starting",
     kernelDigest: m.kernel.ref as Digest,
-    kernelVersion: await readKernelVersion(kernel),
+    kernelVersion: kernelFile.version ?? await readKernelVersion(kernel),
     ...(m.initrd
-      ? {
-        initrdDigest: m.initrd.ref as Digest,
-        initrdVersion: await initrdVersionOf(home, m.initrd.ref),
-      }
+      ? { initrdDigest: m.initrd.ref as Digest, initrdVersion: initrdFile?.version }
       : {}),
     accel: accel.accel,
     memoryBytes: options.memoryBytes ?? DEFAULT_MEMORY,

@@ -17,8 +17,13 @@ export interface OvmResult {
 
 class Capture {
   text = "";
+  readonly #onWrite?: (all: string) => void;
+  constructor(onWrite?: (all: string) => void) {
+    this.#onWrite = onWrite;
+  }
   writeSync(p: Uint8Array): number {
     this.text += new TextDecoder().decode(p);
+    this.#onWrite?.(this.text);
     return p.byteLength;
   }
   isTerminal(): boolean {
@@ -28,9 +33,25 @@ class Capture {
 
 /** `ovm <verb> --home HOME <rest...>` in-process (`--home` goes before any `--`). */
 export async function ovmIn(home: string, verb: string, ...rest: string[]): Promise<OvmResult> {
-  const stdout = new Capture();
+  return await ovmWith({ home }, verb, ...rest);
+}
+
+/**
+ * Like {@linkcode ovmIn}, with an abort signal (a Ctrl-C) and a view of the
+ * output while it runs.
+ */
+export async function ovmWith(
+  options: { home: string; signal?: AbortSignal; onStdout?: (all: string) => void },
+  verb: string,
+  ...rest: string[]
+): Promise<OvmResult> {
+  const stdout = new Capture(options.onStdout);
   const stderr = new Capture();
-  const code = await runCli([verb, "--home", home, ...rest], { stdout, stderr });
+  const code = await runCli([verb, "--home", options.home, ...rest], {
+    stdout,
+    stderr,
+    signal: options.signal,
+  });
   return { code, stdout: stdout.text, stderr: stderr.text };
 }
 

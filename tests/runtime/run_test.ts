@@ -8,7 +8,15 @@ import { join } from "node:path";
 import { locateDiskInTar } from "../../src/disk/mod.ts";
 import { digestFile } from "../../src/manifest/mod.ts";
 import { ContentStore } from "../../src/store/mod.ts";
-import { demoHome, isVmProcess, ovmIn, ovmProc, readState, waitFor } from "../_helpers/runtime.ts";
+import {
+  demoHome,
+  isVmProcess,
+  ovmIn,
+  ovmProc,
+  ovmWith,
+  readState,
+  waitFor,
+} from "../_helpers/runtime.ts";
 
 const VM = ["--memory", "256M", "--cpus", "1", "--accel", "tcg"];
 
@@ -185,8 +193,11 @@ Deno.test({
         assert.equal(dev.hostPath, shm);
         assert.match(dev.guestLocation, /BAR2/);
 
-        const logs = await ovmIn(home, "logs", "shm");
-        assert.match(logs.stdout, /pattern-written/);
+        // The guest prints its line after the write: wait for it through `ovm logs`.
+        await waitFor(async () => {
+          const logs = await ovmIn(home, "logs", "shm");
+          return /pattern-written/.test(logs.stdout) ? true : undefined;
+        }, { what: "pattern-written in ovm logs" });
 
         const qmp = state.qmpSocket as string;
         const stop = await ovmProc(home, "stop", "shm", "--timeout", "30");
@@ -252,6 +263,46 @@ Deno.test({
         assert.equal((await ovmIn(home, "rm", "web")).code, 0);
         assert.equal((await ovmIn(home, "rm", "shm")).code, 0);
         assert.deepEqual(JSON.parse((await ovmIn(home, "ps", "-a", "--json")).stdout), []);
+      },
+    );
+
+    await t.step(
+      "an exported directory runs in the foreground and Ctrl-C stops the VM cleanly",
+      async () => {
+        const dir = join(home, "exported");
+        assert.equal((await ovmIn(home, "export", artifact.ref, dir)).code, 0);
+        const ctrlC = new AbortController();
+        const r = await ovmWith(
+          {
+            home,
+            signal: ctrlC.signal,
+            onStdout: (all) => {
+              if (all.includes("ready-for-ctrl-c") && !ctrlC.signal.aborted) ctrlC.abort();
+            },
+          },
+          "run",
+          ...VM,
+          "--name",
+          "fg",
+          "--net",
+          "none",
+          dir,
+          "--",
+          "sh",
+          "-c",
+          "echo ready-for-ctrl-c; sleep 600",
+        );
+        assert.match(r.stdout, /ready-for-ctrl-c/);
+        // ovms-init forwarded the stop to the workload and powered off.
+        assert.match(r.stdout, /OVMS-EXIT: \d+/);
+        const s = await readState(home, "fg");
+        assert.equal(s.state, "stopped", JSON.stringify(s));
+        assert.match(String(s.reason), /Ctrl-C.*powered off/);
+        assert.equal(s.manifestDigest, artifact.digest);
+        assert.equal(await isVmProcess(s.pid as number), false);
+        await assert.rejects(Deno.lstat("/dev/shm/ovm-fg-shm0"), Deno.errors.NotFound);
+        assert.equal(r.code, s.exitCode);
+        assert.equal((await ovmIn(home, "rm", "fg")).code, 0);
       },
     );
 
