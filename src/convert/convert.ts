@@ -186,7 +186,6 @@ export async function convertImage(
     requireCommand: profile !== "none",
     warn: options.warn,
   });
-  const hasCommand = Boolean(config.entrypoint?.length || config.cmd?.length);
   const epoch = imageEpoch(image);
 
   t = performance.now();
@@ -260,9 +259,8 @@ export async function convertImage(
       const initrd = await store.importFile(system.initrd.path, { signal: options.signal });
       const { stream, size } = await diskTarStream(diskFile, "disk.raw");
       const disk = await store.ingest(stream, { expectedSize: size, signal: options.signal });
-      const bootstrap = hasCommand || profile !== "none"
-        ? await store.writeBlob(canonicalJson(config))
-        : undefined;
+      // Always written: it is the image's runtime intent, also when the image boots itself.
+      const bootstrap = await store.writeBlob(canonicalJson(config));
       let seed: { digest: Digest; size: number } | undefined;
       if (seedFile) {
         const s = await diskTarStream(seedFile, "seed.raw");
@@ -284,7 +282,7 @@ export async function convertImage(
           description: `Converted from the container image ${image.reference}`.slice(0, 4096),
         },
         runtimeHints: { preferredRuntime: ["qemu"] },
-        ...(bootstrap ? { bootstrap: { ref: bootstrap.digest } } : {}),
+        bootstrap: { ref: bootstrap.digest },
         annotations: {
           [ConvertAnnotations.source]: image.reference,
           [ConvertAnnotations.imageDigest]: image.manifestDigest,
@@ -299,7 +297,7 @@ export async function convertImage(
         descriptor,
         manifest,
         disk: { digest: disk.digest, fs, size: diskSize },
-        bootstrap: bootstrap ? { digest: bootstrap.digest, config } : undefined,
+        bootstrap: { digest: bootstrap.digest, config },
         seed,
         kernel: { digest: kernel.digest, version: system.kernel.version },
         initrd: { digest: initrd.digest, version: system.initrd.version },

@@ -131,7 +131,8 @@ spec = json.load(sys.stdin)
 out = sys.argv[1]
 types = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
          "hardlink": tarfile.LNKTYPE, "chardev": tarfile.CHRTYPE, "blockdev": tarfile.BLKTYPE}
-with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as t:
+fmt = tarfile.GNU_FORMAT if sys.argv[2] == "gnu" else tarfile.PAX_FORMAT
+with tarfile.open(out, "w", format=fmt) as t:
     for e in spec:
         ti = tarfile.TarInfo(e["name"])
         ti.type = types[e.get("type", "file")]
@@ -150,8 +151,12 @@ with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as t:
 `;
 
 /** Writes a tar made from `entries` to `out`. */
-export async function writeTar(out: string, entries: TarSpec[]): Promise<void> {
-  await sh("python3", ["-c", PY_TAR, out], { stdin: JSON.stringify(entries) });
+export async function writeTar(
+  out: string,
+  entries: TarSpec[],
+  format: "pax" | "gnu" = "pax",
+): Promise<void> {
+  await sh("python3", ["-c", PY_TAR, out, format], { stdin: JSON.stringify(entries) });
 }
 
 async function sha256File(path: string): Promise<string> {
