@@ -142,7 +142,7 @@ export async function checkAdmission(
 ): Promise<AdmissionResult> {
   const { policy, kind } = options;
   const local = kind !== "pull";
-  const target = await resolveTarget(ref, { ...options, local });
+  const target = await resolveTarget(ref, { ...options, local, remote: !local });
   const repository = target.source.repository;
   const snapshot = await hasSnapshot(target, options.signal);
   const ruleIndex = matchRule(policy, repository);

@@ -40,6 +40,8 @@ export interface TargetOptions extends RemoteOptions {
   store?: ContentStore;
   /** Treat the ref as a local store ref even when it names a registry host. */
   local?: boolean;
+  /** Treat the ref as a registry ref even without a host (docker.io, as pull does). */
+  remote?: boolean;
 }
 
 export interface ResolvedTarget {
@@ -64,9 +66,9 @@ export async function resolveTarget(
   ref: string,
   options: TargetOptions = {},
 ): Promise<ResolvedTarget> {
-  const r = parseReference(ref, { allowNoRegistry: true });
-  if (r.registry && !options.local) {
-    const repo = openRepository({ ...r, registry: r.registry }, options);
+  const r = parseReference(ref, { allowNoRegistry: !options.remote });
+  if (options.remote || (r.registry && !options.local)) {
+    const repo = openRepository({ ...r, registry: r.registry! }, options);
     const source = new RemoteSignatureSource(repo);
     const m = await source.manifest(r.digest ?? r.tag ?? "latest", options.signal);
     const digest = m.descriptor.digest as Digest;

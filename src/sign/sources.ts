@@ -89,7 +89,12 @@ export class RemoteSignatureSource implements SignatureSource {
     });
     const out: StoredManifest[] = [];
     for (const d of refs.slice(0, MAX_SIGNATURES)) {
-      out.push(await this.manifest(d.digest, signal));
+      try {
+        out.push(await this.manifest(d.digest, signal));
+      } catch (e) {
+        // A tag-schema index may name a referrer since deleted.
+        if (!(e instanceof NotFoundError)) throw e;
+      }
     }
     return out;
   }

@@ -11,6 +11,7 @@ import {
   enforcePolicy,
   globToRegExp,
   loadSigningKey,
+  matchRule,
   parsePolicy,
   signReference,
 } from "../../src/sign/mod.ts";
@@ -241,4 +242,20 @@ Deno.test("run refuses an unsigned local artifact under the policy before anythi
       }),
     (e) => e instanceof ValidationError,
   );
+});
+
+Deno.test("the policy example in docs/signing.md validates", async () => {
+  await using tmp = await tempDir();
+  const doc = await Deno.readTextFile(new URL("../../docs/signing.md", import.meta.url));
+  const section = doc.slice(doc.indexOf("## Admission policy"));
+  const json = /```json\n([\s\S]*?)```/.exec(section)![1];
+  await Deno.mkdir(join(tmp.path, "keys"));
+  const keys = await makeKeys(join(tmp.path, "keys"), "release");
+  const p = await writePolicy(tmp.path, json);
+  const policy = await parsePolicy(await Deno.readFile(p), p);
+  assert.equal(policy.document.rules.length, 2);
+  assert.equal(policy.keys[0][0].fingerprint, keys.fingerprint);
+  assert.equal(matchRule(policy, "demo/vm"), 0);
+  assert.equal(matchRule(policy, "localhost:5000/scratch/a"), 1);
+  assert.equal(matchRule(policy, "localhost:5000/scratch/a/b"), -1);
 });
