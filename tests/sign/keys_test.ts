@@ -8,6 +8,7 @@ import { join } from "node:path";
 import {
   decodePem,
   derToP1363,
+  encodePem,
   generateKeyPair,
   loadPublicKey,
   loadSigningKey,
@@ -105,4 +106,48 @@ Deno.test("signatures are exchanged as ASN.1 DER and round-trip to r||s", async 
   raw[0] = 0x80;
   raw[33] = 0x01;
   assert.deepEqual(derToP1363(p1363ToDer(raw)), raw);
+});
+
+Deno.test("ovm sign reads a cosign key's password from COSIGN_PASSWORD or --passphrase-env", async () => {
+  await using tmp = await tempDir();
+  const { packDummy } = await import("../_helpers/registry.ts");
+  const { runCli } = await import("../../src/cli/app.ts");
+  await packDummy(tmp.path, "demo/vm:1.0");
+  const sink = () => {
+    const chunks: string[] = [];
+    return {
+      chunks,
+      writeSync: (p: Uint8Array) => (chunks.push(new TextDecoder().decode(p)), p.byteLength),
+      isTerminal: () => false,
+    };
+  };
+  const run = async (args: string[], env: Record<string, string>) => {
+    const out = sink();
+    const err = sink();
+    const code = await runCli([...args, "--home", tmp.path], {
+      stdout: out,
+      stderr: err,
+      env: { get: (k: string) => env[k] },
+    });
+    return { code, stdout: out.chunks.join(""), stderr: err.chunks.join("") };
+  };
+  const key = join(testdata, "cosign_ecdsa_encrypted.key");
+  const missing = await run(["sign", "--key", key, "demo/vm:1.0"], {});
+  assert.equal(missing.code, 2);
+  assert.match(missing.stderr, /encrypted|wrong passphrase/);
+  const viaEnv = await run(["sign", "--key", key, "demo/vm:1.0", "--json"], {
+    COSIGN_PASSWORD: "123",
+  });
+  assert.equal(viaEnv.code, 0, viaEnv.stderr);
+  const signed = JSON.parse(viaEnv.stdout);
+  const pub = (await loadSigningKey(key, { passphrase: "123" })).publicKey;
+  assert.equal(signed.keyFingerprint, pub.fingerprint);
+  const pubPath = join(tmp.path, "cosign.pub");
+  await Deno.writeTextFile(pubPath, encodePem("PUBLIC KEY", pub.spki));
+  const verified = await run(["verify", "--key", pubPath, "demo/vm:1.0", "--json"], {});
+  assert.equal(verified.code, 0, verified.stderr);
+  assert.equal(JSON.parse(verified.stdout).verified.length, 2);
+  const named = await run(["sign", "--key", key, "--passphrase-env", "NOPE", "demo/vm:1.0"], {});
+  assert.equal(named.code, 2);
+  assert.match(named.stderr, /"NOPE" is not set/);
 });
