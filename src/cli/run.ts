@@ -21,6 +21,7 @@ import {
 import { parseAccel } from "../vmm/qemu/accel.ts";
 import { parseSize } from "../util/size.ts";
 import { bool, type Command, str, strs } from "./command.ts";
+import { parseEntrypointFlag } from "../convert/bootstrap.ts";
 import { enforcePolicy } from "../sign/mod.ts";
 import { POLICY_OPTION } from "./policy.ts";
 
@@ -75,6 +76,19 @@ export const runCommand: Command = {
       help: "Fail when the guest prints nothing for this long",
       default: "60",
     },
+    // Container-style overrides of the bootstrap config (convert's applyOverrides rules).
+    entrypoint: {
+      type: "string",
+      valueName: "PROG|JSON",
+      help: "Replace the entrypoint (drops the image's cmd); a JSON array for several words",
+    },
+    env: {
+      type: "string",
+      short: "e",
+      multiple: true,
+      valueName: "NAME[=VALUE]",
+      help: "Set (or with no =, unset) a workload environment variable",
+    },
     "stop-timeout": {
       type: "string",
       valueName: "SEC",
@@ -127,6 +141,10 @@ export const runCommand: Command = {
       net,
       publish,
       cmd: cmd.length ? cmd : undefined,
+      entrypoint: str(input, "entrypoint") === undefined
+        ? undefined
+        : parseEntrypointFlag(str(input, "entrypoint")!),
+      env: strs(input, "env"),
       bootTimeoutMs,
       signal: ctx.signal,
       note: (m) => ctx.out.warn(m),

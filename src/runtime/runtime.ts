@@ -17,6 +17,7 @@ import {
   parseBootstrapConfig,
 } from "../manifest/mod.ts";
 import { type Artifact, type ContentStore, loadArtifact } from "../store/mod.ts";
+import { applyOverrides } from "../convert/bootstrap.ts";
 import { buildConfigDisk, imageDir, listSystem } from "../system/mod.ts";
 import type {
   NetMode,
@@ -45,6 +46,10 @@ export interface StartOptions {
   publish?: PortMapping[];
   /** Replaces the bootstrap config's `cmd` (like `docker run IMAGE CMD...`). */
   cmd?: string[];
+  /** `--entrypoint`: replaces the entrypoint and drops the config's cmd (convert's `applyOverrides`). */
+  entrypoint?: string[];
+  /** `--env NAME=value` adds or replaces, `--env NAME` unsets. */
+  env?: string[];
   /** A boot that prints nothing on the console within this bound fails. Default 60 s. */
   bootTimeoutMs?: number;
   signal?: AbortSignal;
@@ -199,8 +204,12 @@ export async function startInstance(
     await Deno.mkdir(paths.vmDir, { mode: 0o700 });
 
     let config = await readBootstrap(store, artifact);
-    if (options.cmd?.length) {
-      config = { ...(config ?? BootstrapConfigSchema.parse({})), cmd: options.cmd };
+    if (options.cmd?.length || options.entrypoint !== undefined || options.env?.length) {
+      config = applyOverrides(config ?? BootstrapConfigSchema.parse({}), {
+        entrypoint: options.entrypoint,
+        env: options.env,
+        args: options.cmd,
+      });
     }
     const args = [m.kernel.args.trim()];
     const extraDisks: VmSpec["extraDisks"] = [];

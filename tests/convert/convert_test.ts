@@ -89,6 +89,30 @@ Deno.test("convert turns an umoci image into a VM that keeps argv, env, cwd and 
   const run = await ovm(home.path, "run", "test/app:1", "--accel", "tcg", "--net", "none");
   assertWorkloadRan(run.stdout);
   assertEquals(run.code, 7);
+
+  // Container-style overrides at run time: a new entrypoint drops the image's cmd.
+  const over = await ovm(
+    home.path,
+    "run",
+    "test/app:1",
+    "--accel",
+    "tcg",
+    "--net",
+    "none",
+    "--entrypoint",
+    "/app/entry.sh",
+    "-e",
+    "GREETING=overridden",
+    "-e",
+    "SPACED",
+    "x",
+    "y z",
+  );
+  for (const line of ["ARGV: x y z", "ENV-GREETING: overridden", "ENV-SPACED: ", "CWD: /work"]) {
+    const re = new RegExp(`^${line.replace(/[$^*+?.()|[\]{}\\]/g, "\\$&")}\r?$`, "m");
+    assert(re.test(over.stdout), `console lacks "${line}":\n${over.stdout}`);
+  }
+  assertEquals(over.code, 7);
 });
 
 Deno.test("converting the same image twice gives the same disk digest, ext4 and erofs", async () => {
