@@ -60,6 +60,7 @@ export const convertCommand: Command = {
     const { options, progress } = remoteOptions(ctx, input);
     const store = await ctx.store();
     const started = new Set<string>();
+    const done = new Set<string>();
     let res;
     try {
       res = await convertImage(store, {
@@ -84,7 +85,8 @@ export const convertCommand: Command = {
             progress.event({ type: "blob-start", digest: p.digest, size: p.size, offset: 0 });
           }
           progress.event({ type: "blob-progress", digest: p.digest, size: p.size, bytes: p.bytes });
-          if (p.bytes >= p.size) {
+          if (p.bytes >= p.size && !done.has(p.digest)) {
+            done.add(p.digest);
             progress.event({
               type: "blob-done",
               digest: p.digest,

@@ -120,6 +120,20 @@ Deno.test("unpack keeps owners, modes, set-id bits, symlinks, hardlinks and xatt
   assertEquals((await Deno.lstat(join(root, "bin/tool"))).mtime!.getTime(), 1700000000 * 1000);
 });
 
+Deno.test("unpack decompresses zstd layers through the zstd program", async () => {
+  await using t = await tempDir();
+  const { root } = await sandbox(t);
+  const p = join(t.path, "z.tar");
+  await writeTar(p, [{ name: "z/hello", data: "zstd works" }]);
+  await sh("zstd", ["-q", p, "-o", `${p}.zst`]);
+  const layers = await layersOf(t.path, [{
+    raw: `${p}.zst`,
+    mediaType: "application/vnd.oci.image.layer.v1.tar+zstd",
+  }]);
+  await unpackLayers(root, layers);
+  assertEquals(await Deno.readTextFile(join(root, "z/hello")), "zstd works");
+});
+
 Deno.test("unpack reads GNU long names", async () => {
   await using t = await tempDir();
   const { root } = await sandbox(t);
