@@ -133,6 +133,8 @@ export class Progress {
 
   #draw(final: boolean): void {
     const now = this.#now();
+    // Nothing planned yet: no empty "0 B/0 B" frame.
+    if (this.#total === 0 && this.#active.size === 0) return;
     if (!final && now - this.#lastDraw < REDRAW_MS) return;
     this.#lastDraw = now;
     const lines: string[] = [];
