@@ -21,6 +21,8 @@ const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 const home = await Deno.makeTempDir({ prefix: "ovm-bench-run-" });
 const children: Deno.ChildProcess[] = [];
+/** ovm's own steps as `OVM_TRACE=1 ovm run` reports them, per step name. */
+const traces: Record<string, number[]> = {};
 
 async function firstLine(path: string, t0: number, timeoutMs = 120_000): Promise<number> {
   while (performance.now() - t0 < timeoutMs) {
@@ -62,11 +64,16 @@ async function runOvm(i: number): Promise<{ ms: number; argv: string[]; passFile
     ],
     stdout: "null",
     stderr: "piped",
+    env: { OVM_TRACE: "1" },
   }).spawn();
   children.push(child);
   const ms = await firstLine(join(home, "instances", id, "vm", "console.log"), t0);
   const out = await child.output();
-  if (!out.success) throw new Error(new TextDecoder().decode(out.stderr));
+  const err = new TextDecoder().decode(out.stderr);
+  if (!out.success) throw new Error(err);
+  for (const m of err.matchAll(/^trace: (.+): ([\d.]+) ms$/gm)) {
+    (traces[m[1]] ??= []).push(Number(m[2]));
+  }
   const state = JSON.parse(await Deno.readTextFile(join(home, "instances", id, "state.json")));
   await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "rm", "-f", "--home", home, id],

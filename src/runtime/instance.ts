@@ -81,6 +81,8 @@ export const InstanceStateSchema = z.object({
   /** The workload's exit code from the console's `OVMS-EXIT: <code>` line. */
   exitCode: z.number().int().optional(),
   vm: VmHandleSchema.optional(),
+  /** The ovm process that is starting the VM (until the VM's own pid is recorded). */
+  ownerPid: z.number().int().positive().optional(),
 });
 
 export type InstanceState = z.infer<typeof InstanceStateSchema>;

@@ -29,6 +29,7 @@ import type {
   VmState,
 } from "../vmm/adapter.ts";
 import { getAdapter } from "../vmm/mod.ts";
+import { pidAlive } from "../process/mod.ts";
 import { type AccelRequest, chooseAccel } from "../vmm/qemu/accel.ts";
 import { assembleChain, readKernelVersion } from "./chain.ts";
 import { assertInstanceId, type InstanceState, InstanceStore, newInstanceId } from "./instance.ts";
@@ -197,6 +198,7 @@ export async function startInstance(
     devices: [],
     detached: options.detach ?? false,
     createdAt: now,
+    ownerPid: Deno.pid,
   };
   let started: StartedVm | undefined;
   try {
@@ -345,7 +347,21 @@ async function guestPoweredOff(consoleLog: string): Promise<boolean> {
  * its leftovers (sockets, shm files) are removed.
  */
 export async function refreshInstance(home: string, state: InstanceState): Promise<InstanceState> {
-  if (!isActive(state) || !state.vm) return state;
+  if (!isActive(state)) return state;
+  if (!state.vm) {
+    // Still starting: fine while the ovm that starts it lives.
+    if (state.ownerPid && !pidAlive(state.ownerPid)) {
+      const next: InstanceState = {
+        ...state,
+        state: "error",
+        reason: `ovm (pid ${state.ownerPid}) exited while starting the VM`,
+        stoppedAt: new Date().toISOString(),
+      };
+      await new InstanceStore(home).write(next);
+      return next;
+    }
+    return state;
+  }
   const adapter = getAdapter(state.adapter);
   const status = await adapter.status(state.vm);
   if (status.state !== "stopped") {
@@ -380,7 +396,12 @@ async function recordExit(
   const exitCode = await consoleExitCode(paths.consoleLog);
   let next: InstanceState;
   if (current.state === "stopping") {
-    next = { ...current, state: "stopped", reason: current.reason ?? "stopped by ovm" };
+    const how = await guestPoweredOff(paths.consoleLog) ? "the guest powered off" : "the VMM ended";
+    next = {
+      ...current,
+      state: "stopped",
+      reason: `${current.reason ?? "stopped by ovm"} (${how})`,
+    };
   } else if (await guestPoweredOff(paths.consoleLog) && !exit?.signal) {
     next = { ...current, state: "stopped", reason: "the guest powered off" };
   } else {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { diskTarStream } from "../../src/disk/mod.ts";
 import { manifestFromValue, MediaTypes } from "../../src/manifest/mod.ts";
-import { parsePublish } from "../../src/runtime/mod.ts";
+import { InstanceStore, parsePublish } from "../../src/runtime/mod.ts";
 import { ContentStore, writeArtifact } from "../../src/store/mod.ts";
 import { ovmIn } from "../_helpers/runtime.ts";
 
@@ -141,4 +141,40 @@ Deno.test("port specs default to loopback and tcp", () => {
     guestPort: 53,
     protocol: "udp",
   });
+});
+
+Deno.test("an instance whose ovm died while starting it is recorded as an error", async () => {
+  const home = await Deno.makeTempDir({ prefix: "ovm-orphan-" });
+  try {
+    const gone = new Deno.Command("true").spawn();
+    await gone.status;
+    const instances = new InstanceStore(home);
+    await instances.create("orphan");
+    await instances.write({
+      schemaVersion: 1,
+      id: "orphan",
+      ref: "x:1",
+      manifestDigest: `sha256:${"0".repeat(64)}`,
+      name: "x",
+      version: "1",
+      adapter: "qemu",
+      state: "starting",
+      kernelDigest: `sha256:${"1".repeat(64)}`,
+      accel: "tcg",
+      memoryBytes: 1 << 28,
+      cpus: 1,
+      network: { mode: "none", publish: [] },
+      devices: [],
+      detached: true,
+      createdAt: new Date().toISOString(),
+      ownerPid: gone.pid,
+    });
+    const r = await ovmIn(home, "ps", "-a", "--json");
+    const [s] = JSON.parse(r.stdout);
+    assert.equal(s.state, "error");
+    assert.match(s.reason, /exited while starting/);
+    assert.equal((await ovmIn(home, "rm", "orphan")).code, 0);
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
 });

@@ -200,7 +200,12 @@ Deno.test({
         }, { what: "pattern-written in ovm logs" });
 
         const qmp = state.qmpSocket as string;
+        // `logs -f` follows the console until the VM ends.
+        const follow = ovmProc(home, "logs", "-f", "shm");
         const stop = await ovmProc(home, "stop", "shm", "--timeout", "30");
+        const followed = await follow;
+        assert.equal(followed.code, 0, followed.stderr);
+        assert.match(followed.stdout, /pattern-written[\s\S]*OVMS-EXIT: \d+/);
         assert.equal(stop.code, 0, stop.stderr);
         assert.match(stop.stdout, /stopped/);
         assert.equal(await isVmProcess(pid), false);
