@@ -21,7 +21,14 @@ import {
   validate,
 } from "../manifest/mod.ts";
 import { isLoopbackRegistry } from "./reference.ts";
-import { defaultTransport, type HttpRequest, ociCodes, type Transport } from "./transport.ts";
+import {
+  defaultTransport,
+  type HttpRequest,
+  isTlsError,
+  NetworkError,
+  ociCodes,
+  type Transport,
+} from "./transport.ts";
 
 /** Media types a manifest GET asks for, in preference order. */
 export const MANIFEST_ACCEPT = [
@@ -115,7 +122,18 @@ export class Repository {
         this.#scheme = "http";
         const u = new URL(req.url);
         u.protocol = "http:";
-        return await this.#t.roundTrip({ ...req, url: u });
+        return await this.#send({ ...req, url: u });
+      }
+      if (e instanceof TypeError) {
+        const tls = isTlsError(e);
+        const detail = e.cause instanceof Error ? e.cause.message : e.message;
+        throw new NetworkError(`Cannot reach registry "${this.registry}": ${detail}`, {
+          cause: e,
+          tls,
+          hint: tls && this.#scheme === "https"
+            ? "the registry may speak plain HTTP: pass --plain-http (or --insecure)"
+            : "check the registry address and that it is running",
+        });
       }
       throw e;
     }

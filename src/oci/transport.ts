@@ -140,11 +140,29 @@ export function parseRetryAfter(v: string | null, now = Date.now()): number | un
 /** A failure of the connection rather than an answer from the server. */
 export function isNetworkError(e: unknown): boolean {
   if (e instanceof DOMException && e.name === "AbortError") return false;
+  if (e instanceof NetworkError) return !e.tls;
+  if (isTlsError(e)) return false;
   return e instanceof TypeError || e instanceof Deno.errors.ConnectionReset ||
     e instanceof Deno.errors.ConnectionRefused || e instanceof Deno.errors.ConnectionAborted ||
     e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.UnexpectedEof ||
     e instanceof Deno.errors.Interrupted || e instanceof Deno.errors.TimedOut ||
     (e instanceof Error && e.name === "Http");
+}
+
+/** A TLS failure (handshake, certificate, plain HTTP answering): retrying will not help. */
+export function isTlsError(e: unknown): boolean {
+  const text = e instanceof Error ? `${e.message} ${String(e.cause ?? "")}` : "";
+  return /certificate|InvalidContentType|handshake|\btls\b|\bssl\b/i.test(text);
+}
+
+/** The registry could not be reached, or the connection failed mid-answer. */
+export class NetworkError extends RegistryError {
+  /** A TLS failure rather than a lost connection. */
+  readonly tls: boolean;
+  constructor(message: string, options: { cause?: unknown; hint?: string; tls?: boolean }) {
+    super(message, { status: 0, cause: options.cause, hint: options.hint });
+    this.tls = options.tls ?? false;
+  }
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ContentStore } from "../../src/store/mod.ts";
 import {
+  NetworkError,
   openRepository,
   parseRetryAfter,
   pullToStore,
@@ -93,4 +94,27 @@ Deno.test("bearer tokens are fetched again when they expire", async () => {
   } finally {
     await Deno.remove(home, { recursive: true });
   }
+});
+
+Deno.test("an HTTPS request to a plain-HTTP registry fails fast with a --plain-http hint, and --insecure falls back", async () => {
+  await using reg = await startRegistry();
+  const strict = openRepository(`${reg.host}/vms/demo`, { plainHttp: false });
+  await assert.rejects(
+    () => strict.ping(),
+    (e) => e instanceof NetworkError && e.tls && /--plain-http/.test(e.hint ?? ""),
+  );
+  const lenient = openRepository(`${reg.host}/vms/demo`, { plainHttp: false, insecure: true });
+  await lenient.ping();
+  assert.equal(lenient.baseUrl, `http://${reg.host}/v2/`);
+});
+
+Deno.test("a registry that is not listening is a clear network error", async () => {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  const repo = openRepository(`127.0.0.1:${port}/x`, { retry: { baseDelayMs: 1 } });
+  await assert.rejects(
+    () => repo.ping(),
+    (e) => e instanceof NetworkError && !e.tls && /Cannot reach registry/.test(e.message),
+  );
 });
