@@ -231,3 +231,63 @@ Deno.test("push DIR republishes an export directory with the same digest", async
     await Deno.remove(out, { recursive: true });
   }
 });
+
+Deno.test("a refused cross-repo mount (202) continues as an ordinary upload", async () => {
+  await using reg = startOciRegistry();
+  const bytes = new TextEncoder().encode("a small blob\n");
+  const desc = {
+    mediaType: "application/octet-stream",
+    digest: digestOf(bytes),
+    size: bytes.length,
+  };
+  const repo = openRepository(`${reg.host}/vms/target`);
+  const status = await repo.pushBlob(desc, () => Promise.resolve(ReadableStream.from([bytes])), {
+    mountFrom: "vms/elsewhere",
+  });
+  assert.equal(status, "pushed");
+  assert.deepEqual(reg.mounts, [{
+    digest: desc.digest,
+    from: "vms/elsewhere",
+    to: "vms/target",
+    mounted: false,
+  }]);
+  assert.equal(await repo.blobExists(desc.digest), true);
+});
+
+Deno.test("copy of an index carries every child manifest and keeps the index digest", async () => {
+  await using src = startOciRegistry();
+  await using dst = await startRegistry();
+  const home = await Deno.makeTempDir({ prefix: "ovm-home-" });
+  try {
+    await packDummy(home, "demo/amd:1.0", { seed: 1 });
+    await packDummy(home, "demo/arm:1.0", { seed: 2 });
+    const store = await ContentStore.open(home);
+    await pushFromStore(store, "demo/amd:1.0", `${src.host}/vms/multi:amd`);
+    await pushFromStore(store, "demo/arm:1.0", `${src.host}/vms/multi:arm`);
+    const entry = async (ref: string, arch: string) => {
+      const d = await store.resolve(ref);
+      return {
+        mediaType: d.mediaType,
+        digest: d.digest,
+        size: d.size,
+        platform: { os: "linux", architecture: arch },
+      };
+    };
+    const bytes = canonicalJson({
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociIndex,
+      manifests: [await entry("demo/amd:1.0", "amd64"), await entry("demo/arm:1.0", "arm64")],
+    });
+    await openRepository(`${src.host}/vms/multi`).pushManifest("1.0", bytes, MediaTypes.ociIndex);
+    const res = await copyBetween(`${src.host}/vms/multi:1.0`, `${dst.host}/mirror/multi:1.0`);
+    assert.equal(res.descriptor.digest, digestOf(bytes));
+    const target = openRepository(`${dst.host}/mirror/multi`);
+    assert.equal((await target.fetchManifest("1.0")).descriptor.digest, digestOf(bytes));
+    for (const ref of ["demo/amd:1.0", "demo/arm:1.0"]) {
+      const d = await store.resolve(ref);
+      assert.equal((await target.fetchManifest(d.digest)).descriptor.digest, d.digest);
+    }
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});
