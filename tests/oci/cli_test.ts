@@ -1,7 +1,13 @@
 /** The registry verbs through the CLI frame, in-process, against docker-registry. */
 import assert from "node:assert/strict";
 import { assertExit, ovm, tempDir } from "../_helpers/cli.ts";
-import { packDummy, startRegistry } from "../_helpers/registry.ts";
+import { join } from "node:path";
+import {
+  assertStoreConsistent,
+  packDummy,
+  startProxy,
+  startRegistry,
+} from "../_helpers/registry.ts";
 
 Deno.test("ovm push and ovm pull print JSON results and NDJSON progress on stderr", async () => {
   await using reg = await startRegistry();
@@ -81,4 +87,61 @@ Deno.test("ovm login checks and stores credentials 0600, logout removes them", a
   const denied = await ovm(h.path, "pull", `${reg.host}/vms/demo:1.0`);
   assertExit(denied, 1);
   assert.match(denied.stderr, /ovm login/);
+});
+
+Deno.test("Ctrl-C during ovm pull exits 130 and the next pull resumes the partial blob", async () => {
+  await using reg = await startRegistry();
+  await using src = await tempDir("ovm-home-");
+  await using h = await tempDir("ovm-home-");
+  await packDummy(src.path, "demo/vm:1.0", { diskBytes: 4 << 20 });
+  assertExit(await ovm(src.path, "push", "demo/vm:1.0", `${reg.host}/vms/demo:1.0`, "-q"), 0);
+  let slow = true;
+  let served = 0;
+  await using proxy = startProxy(reg.host, async (req, forward) => {
+    const res = await forward(req);
+    const isBigBlob = req.method === "GET" && /\/blobs\//.test(new URL(req.url).pathname) &&
+      Number(res.headers.get("content-length")) > 1 << 20;
+    if (!slow || !isBigBlob) return res;
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    let off = 0;
+    return new Response(
+      new ReadableStream({
+        async pull(ctl) {
+          if (off >= bytes.length) return ctl.close();
+          await new Promise((r) => setTimeout(r, 50));
+          ctl.enqueue(bytes.slice(off, off + (64 << 10)));
+          off += 64 << 10;
+          served = off;
+        },
+      }),
+      { headers: { "content-length": String(bytes.length) } },
+    );
+  });
+  const main = new URL("../../main.ts", import.meta.url).pathname;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", main, "pull", `${proxy.host}/vms/demo:1.0`, "--home", h.path, "-q"],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const ingest = join(h.path, "ingest");
+  // Interrupt once the proxy has sent 512 KiB of the big blob.
+  for (let i = 0; i < 400 && served < 512 << 10; i++) {
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  child.kill("SIGINT");
+  const status = await child.status;
+  const stderr = await new Response(child.stderr).text();
+  assert.equal(status.code, 130, stderr);
+  assert.match(stderr, /interrupted/);
+  await assertStoreConsistent(h.path);
+  const kept = await Array.fromAsync(Deno.readDir(ingest));
+  assert.equal(kept.length, 1);
+  const keptBytes = (await Deno.stat(join(ingest, kept[0].name))).size;
+  assert(keptBytes > 0);
+  slow = false;
+  const again = await ovm(h.path, "pull", `${proxy.host}/vms/demo:1.0`, "--json");
+  assertExit(again, 0);
+  const ranged = proxy.log.filter((l) => l.range);
+  assert.equal(ranged.at(-1)!.range, `bytes=${keptBytes}-`);
+  await assertStoreConsistent(h.path);
 });
