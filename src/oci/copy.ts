@@ -8,7 +8,7 @@
  * whose blobs are missing.
  */
 import { join } from "node:path";
-import { DigestMismatchError, OvmError, ValidationError } from "../errors.ts";
+import { AlreadyExistsError, DigestMismatchError, OvmError, ValidationError } from "../errors.ts";
 import {
   Annotations,
   canonicalJson,
@@ -26,7 +26,13 @@ import {
   parseJsonBytes,
   validate,
 } from "../manifest/mod.ts";
-import { type ContentStore, isIndexType, isManifestType, layerDescriptors } from "../store/mod.ts";
+import {
+  type ContentStore,
+  type IngestWriter,
+  isIndexType,
+  isManifestType,
+  layerDescriptors,
+} from "../store/mod.ts";
 import { exists, readFileBounded } from "../util/fs.ts";
 import { checkManifestDocument, type FetchedManifest, type Repository } from "./registry.ts";
 import { isNetworkError } from "./transport.ts";
@@ -313,12 +319,23 @@ export class StoreTarget implements CopyTarget {
     options: { signal?: AbortSignal; emit: (e: CopyEvent) => void },
   ): Promise<BlobStatus> {
     const { signal, emit } = options;
-    if (await this.#store.has(desc.digest)) return "exists";
-    const w = await this.#store.openIngest({
-      key: digestHex(desc.digest as Digest),
-      expectedDigest: desc.digest as Digest,
-      expectedSize: desc.size,
-    });
+    let w: IngestWriter;
+    for (;;) {
+      if (await this.#store.has(desc.digest)) return "exists";
+      try {
+        w = await this.#store.openIngest({
+          key: digestHex(desc.digest as Digest),
+          expectedDigest: desc.digest as Digest,
+          expectedSize: desc.size,
+        });
+        break;
+      } catch (e) {
+        // Another pull (this process or another) is fetching the same blob:
+        // wait for it to finish, then use its result or take over.
+        if (!(e instanceof AlreadyExistsError)) throw e;
+        await delay(200, signal);
+      }
+    }
     emit({
       type: "blob-start",
       digest: desc.digest,
@@ -439,6 +456,21 @@ class BatchWriter {
     await this.#rotate();
     await this.#settle();
   }
+}
+
+function delay(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(() => {
+      signal?.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal!.reason);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+  });
 }
 
 // ---- a remote repository ----

@@ -50,3 +50,23 @@ Deno.test("pull of a missing repository is a clear not-found error", async () =>
     await Deno.remove(h, { recursive: true });
   }
 });
+
+Deno.test("two concurrent pulls of one artifact into one store both succeed", async () => {
+  await using reg = await startRegistry();
+  const a = await tempHome();
+  const b = await tempHome();
+  try {
+    const packed = await packDummy(a, "demo/vm:1.0", { diskBytes: 2 << 20 });
+    await pushFromStore(await ContentStore.open(a), "demo/vm:1.0", `${reg.host}/vms/demo:1.0`);
+    const [x, y] = await Promise.all([
+      pullToStore(await ContentStore.open(b), `${reg.host}/vms/demo:1.0`),
+      pullToStore(await ContentStore.open(b), `${reg.host}/vms/demo:1.0`),
+    ]);
+    assert.equal(x.descriptor.digest, packed.digest);
+    assert.equal(y.descriptor.digest, packed.digest);
+    await assertStoreConsistent(b);
+  } finally {
+    await Deno.remove(a, { recursive: true });
+    await Deno.remove(b, { recursive: true });
+  }
+});
