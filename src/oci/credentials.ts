@@ -40,6 +40,7 @@ async function readAuthFile(path: string): Promise<AuthFile | undefined> {
 /** Docker's spellings of a host: `host`, `https://host`, `https://host/v1/`. */
 function lookup(file: AuthFile | undefined, registry: string): Credential | undefined {
   const auths = file?.auths ?? {};
+  if (registry === "registry-1.docker.io" || registry === "index.docker.io") registry = "docker.io";
   const keys = [registry, `https://${registry}`, `http://${registry}`, `https://${registry}/v1/`];
   if (registry === "docker.io") keys.push("https://index.docker.io/v1/", "index.docker.io");
   for (const k of keys) {

@@ -101,7 +101,9 @@ export class Repository {
   }
 
   get baseUrl(): string {
-    return `${this.#scheme}://${this.registry}/v2/`;
+    // Docker Hub's references say docker.io; its API lives elsewhere.
+    const host = this.registry === "docker.io" ? "registry-1.docker.io" : this.registry;
+    return `${this.#scheme}://${host}/v2/`;
   }
 
   #url(path: string): string {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { ContentStore } from "../../src/store/mod.ts";
 import {
+  fileCredentials,
   NetworkError,
   openRepository,
   parseRetryAfter,
@@ -117,4 +118,16 @@ Deno.test("a registry that is not listening is a clear network error", async () 
     () => repo.ping(),
     (e) => e instanceof NetworkError && !e.tls && /Cannot reach registry/.test(e.message),
   );
+});
+
+Deno.test("Docker Hub references talk to registry-1.docker.io with docker.io credentials", async () => {
+  assert.equal(openRepository("library/alpine:3").baseUrl, "https://registry-1.docker.io/v2/");
+  const home = await Deno.makeTempDir({ prefix: "ovm-home-" });
+  try {
+    await saveCredential(home, "docker.io", { username: "hub", password: "pw" });
+    const creds = fileCredentials(home, { env: { get: () => undefined } });
+    assert.equal((await creds("registry-1.docker.io"))?.username, "hub");
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
 });
