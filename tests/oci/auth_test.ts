@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { ContentStore } from "../../src/store/mod.ts";
 import {
   AuthError,
+  copyBetween,
   parseChallenges,
   pullToStore,
   pushFromStore,
@@ -137,6 +138,30 @@ Deno.test("a wrong password against a token registry fails at the token endpoint
     } finally {
       await Deno.remove(anon, { recursive: true });
     }
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});
+
+Deno.test("copy within a token-auth registry mounts with a token scoped to both repositories", async () => {
+  await using reg = await startRegistry({ kind: "token", username: "bob", password: "pw" });
+  const home = await Deno.makeTempDir({ prefix: "ovm-home-" });
+  try {
+    const packed = await packDummy(home, "demo/vm:1.0");
+    await saveCredential(home, reg.host, { username: "bob", password: "pw" });
+    await pushFromStore(await ContentStore.open(home), "demo/vm:1.0", `${reg.host}/vms/a:1`, {
+      home,
+    });
+    const res = await copyBetween(`${reg.host}/vms/a:1`, `${reg.host}/vms/b:1`, { home });
+    assert.equal(res.descriptor.digest, packed.digest);
+    assert.equal(res.transferred, 0, "blobs were mounted, not copied");
+    assert(
+      reg.tokenRequests.some((u) => {
+        const scopes = u.searchParams.getAll("scope");
+        return scopes.includes("repository:vms/b:pull,push") &&
+          scopes.includes("repository:vms/a:pull");
+      }),
+    );
   } finally {
     await Deno.remove(home, { recursive: true });
   }
