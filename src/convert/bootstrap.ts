@@ -1,6 +1,6 @@
 /**
  * @module
- * The bootstrap config (spec §6.4, §10.4) from an OCI image config, and the
+ * The bootstrap config (spec §6.5, §10.4) from an OCI image config, and the
  * runtime overrides `ovm run` applies to it, with the rules container users
  * know from `docker run`: argv is Entrypoint followed by Cmd; a new
  * entrypoint drops the image's Cmd; trailing arguments replace Cmd; `--env`

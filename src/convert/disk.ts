@@ -167,7 +167,14 @@ async function pinInodeTimes(image: string, epoch: number, signal?: AbortSignal)
     for (const field of ["atime", "ctime"]) cmds.push(`sif <${ino}> ${field} ${epoch}`);
     for (const field of ["atime_extra", "ctime_extra"]) cmds.push(`sif <${ino}> ${field} 0`);
   }
-  await run("debugfs", ["-w", "-f", "-", image], { stdin: cmds.join("\n") + "\n", signal });
+  // A command file, not stdin: debugfs echoes every command, and a pipe both ways can deadlock.
+  const file = `${image}.debugfs`;
+  await Deno.writeTextFile(file, cmds.join("\n") + "\n");
+  try {
+    await run("debugfs", ["-w", "-f", file, image], { signal });
+  } finally {
+    await Deno.remove(file).catch(() => {});
+  }
 }
 
 export interface ErofsOptions {
