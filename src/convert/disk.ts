@@ -171,7 +171,10 @@ async function pinInodeTimes(image: string, epoch: number, signal?: AbortSignal)
   const file = `${image}.debugfs`;
   await Deno.writeTextFile(file, cmds.join("\n") + "\n");
   try {
-    await run("debugfs", ["-w", "-f", file, image], { signal });
+    await run("debugfs", ["-w", "-f", file, image], {
+      signal,
+      env: { E2FSPROGS_FAKE_TIME: String(epoch) },
+    });
   } finally {
     await Deno.remove(file).catch(() => {});
   }

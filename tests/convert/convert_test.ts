@@ -119,6 +119,8 @@ Deno.test("converting the same image twice gives the same disk digest, ext4 and 
   await using home = await systemHome();
   const src = `oci:${await testImage()}:${IMAGE_TAG}`;
   const a = await convertJson(home.path, src, "-t", "test/a:1");
+  // A second later, so any wall-clock time leaking into the disk would show.
+  await new Promise((r) => setTimeout(r, 1100));
   const b = await convertJson(home.path, src, "-t", "test/b:1");
   assertEquals(a.disk.digest, b.disk.digest);
   const e1 = await convertJson(home.path, src, "-t", "test/e1:1", "--fs", "erofs");
