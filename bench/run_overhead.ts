@@ -193,6 +193,12 @@ try {
   console.log(
     `ovm overhead         ${r(mo - md)} ms = ${((mo - md) / md * 100).toFixed(1)}% of the boot`,
   );
+  const paired = median(ovmMs.map((o, i) => o - directMs[i]));
+  console.log(`paired difference    median ${r(paired)} ms`);
+  for (const [k, v] of Object.entries(traces)) {
+    if (k.startsWith("wait")) continue;
+    console.log(`ovm step: ${k.padEnd(34)} median ${median(v).toFixed(1)} ms`);
+  }
   console.log(`deno start-up (ovm version)  median ${r(median(startup))} ms`);
   for (const [k, v] of Object.entries(steps)) {
     console.log(`in-process ${k.padEnd(8)} median ${median(v).toFixed(2)} ms`);

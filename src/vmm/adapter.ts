@@ -153,11 +153,14 @@ export interface VmmAdapter {
   resume(handle: VmHandle): Promise<void>;
   /** Graceful (guest power-off) within `timeoutMs`, then forced; always removes runtime files. */
   stop(handle: VmHandle, options?: { timeoutMs?: number; force?: boolean }): Promise<StopResult>;
+  /** Saves the VM's state (`ram`: guest RAM and device state) to `dest`. */
   snapshot(
     handle: VmHandle,
-    kind: SnapshotKind,
-    dest: string,
-    options?: { signal?: AbortSignal },
+    options: { kind: SnapshotKind; dest: string; signal?: AbortSignal },
   ): Promise<void>;
-  restore(spec: VmSpec, kind: SnapshotKind, source: string): Promise<StartedVm>;
+  /** Starts a VM from a snapshot instead of booting it (QEMU: `-incoming`). */
+  restore(
+    spec: VmSpec,
+    options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
+  ): Promise<StartedVm>;
 }

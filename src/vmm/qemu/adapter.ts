@@ -284,15 +284,15 @@ export class QemuAdapter implements VmmAdapter {
     return !(await this.#alive(handle));
   }
 
-  snapshot(_handle: VmHandle, kind: SnapshotKind): Promise<void> {
+  snapshot(_handle: VmHandle, options: { kind: SnapshotKind }): Promise<void> {
     return Promise.reject(
-      new VmmError("qemu", "snapshot", `"${kind}" snapshots are not implemented yet`),
+      new VmmError("qemu", "snapshot", `"${options.kind}" snapshots are not implemented yet`),
     );
   }
 
-  restore(_spec: VmSpec, kind: SnapshotKind): Promise<StartedVm> {
+  restore(_spec: VmSpec, options: { kind: SnapshotKind }): Promise<StartedVm> {
     return Promise.reject(
-      new VmmError("qemu", "restore", `"${kind}" snapshots are not implemented yet`),
+      new VmmError("qemu", "restore", `"${options.kind}" snapshots are not implemented yet`),
     );
   }
 }
