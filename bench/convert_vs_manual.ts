@@ -31,11 +31,14 @@ async function sh(cmd: string, args: string[]): Promise<string> {
 }
 
 /** Wall seconds and peak RSS (KiB) of one command, via GNU time. */
-async function timed(cmd: string, args: string[]): Promise<{ secs: number; rssKiB: number }> {
+async function timed(
+  cmd: string,
+  args: string[],
+): Promise<{ secs: number; rssKiB: number; out: string }> {
   const out = await sh("/usr/bin/time", ["-f", "TIME %e %M", cmd, ...args]);
   const m = /TIME ([0-9.]+) ([0-9]+)/.exec(out);
   if (!m) throw new Error(`no timing in: ${out}`);
-  return { secs: Number(m[1]), rssKiB: Number(m[2]) };
+  return { secs: Number(m[1]), rssKiB: Number(m[2]), out };
 }
 
 /** Copies regular files from /usr/lib and /usr/share until `size` bytes are in `root`. */
@@ -95,8 +98,8 @@ try {
 
   const home = join(work, "home");
   await ensureSystem(home, { cacheDir: CACHE });
-  const ovm: { secs: number; rssKiB: number }[] = [];
-  const manual: { secs: number; rssKiB: number }[] = [];
+  const ovm: { secs: number; rssKiB: number; out: string }[] = [];
+  const manual: { secs: number; rssKiB: number; out: string }[] = [];
   for (let i = 0; i < RUNS; i++) {
     ovm.push(
       await timed(Deno.execPath(), [
@@ -111,6 +114,7 @@ try {
         `bench/x:${i}`,
         "--progress",
         "none",
+        "--json",
       ]),
     );
     const b = join(work, `manual-${i}`);
@@ -126,11 +130,15 @@ try {
       join(work, `manual-${i}.raw`),
       `${sizeK}k`,
     ]);
-    manual.push({ secs: u.secs + m.secs, rssKiB: Math.max(u.rssKiB, m.rssKiB) });
+    manual.push({
+      secs: u.secs + m.secs,
+      rssKiB: Math.max(u.rssKiB, m.rssKiB),
+      out: `umoci unpack ${u.secs} s, mkfs.ext4 ${m.secs} s`,
+    });
     await Deno.remove(b, { recursive: true });
     await Deno.remove(join(work, `manual-${i}.raw`));
   }
-  const best = (xs: { secs: number; rssKiB: number }[]) =>
+  const best = (xs: { secs: number; rssKiB: number; out: string }[]) =>
     xs.reduce((a, b) => (a.secs <= b.secs ? a : b));
   const o = best(ovm);
   const m = best(manual);
@@ -142,6 +150,9 @@ try {
     } MiB |`,
   );
   console.log(`| ovm convert | ${o.secs.toFixed(1)} s | ${(o.rssKiB / 1024).toFixed(0)} MiB |`);
+  const json = JSON.parse(o.out.slice(o.out.indexOf("{"), o.out.lastIndexOf("}") + 1));
+  console.log(`ovm phases (ms): ${JSON.stringify(json.timings)}`);
+  console.log(`manual phases: ${m.out}`);
   console.log(`ratio ovm/manual: time ${(o.secs / m.secs).toFixed(2)}, runs: ${RUNS}`);
 } finally {
   await Deno.remove(work, { recursive: true }).catch(() => {});

@@ -220,8 +220,14 @@ export async function convertImage(
       const userData = renderUserData(config);
       const metaData = renderMetaData(image.manifestDigest);
       // Also in the root: NoCloud finds it there when no runtime attaches the seed disk.
-      await writeFileInRoot(root, `${NOCLOUD_SEED_DIR}/user-data`, userData, { mtime: epoch });
-      await writeFileInRoot(root, `${NOCLOUD_SEED_DIR}/meta-data`, metaData, { mtime: epoch });
+      await writeFileInRoot(root, `${NOCLOUD_SEED_DIR}/user-data`, {
+        data: userData,
+        mtime: epoch,
+      });
+      await writeFileInRoot(root, `${NOCLOUD_SEED_DIR}/meta-data`, {
+        data: metaData,
+        mtime: epoch,
+      });
       seedFile = join(work, "seed.raw");
       await buildSeedDisk(seedFile, { userData, metaData }, {
         seed: image.manifestDigest,

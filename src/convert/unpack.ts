@@ -9,11 +9,11 @@
  */
 import { join } from "node:path";
 import { lchown, lutimes } from "node:fs/promises";
-import { DigestMismatchError, ValidationError } from "../errors.ts";
+import { DigestMismatchError, OvmError, ValidationError } from "../errors.ts";
 import { type Digest, Digester } from "../manifest/mod.ts";
 import { run, spawn, which } from "../process/mod.ts";
 import { formatBytes } from "../util/size.ts";
-import { readTar, type TarHeader } from "./tar_reader.ts";
+import { readTar, type TarEntry, type TarHeader } from "./tar_reader.ts";
 
 /** One layer to apply: its compressed bytes come from `open()`. */
 export interface LayerSource {
@@ -213,100 +213,112 @@ class Unpacker {
     for await (const entry of readTar(stream)) {
       this.#opts.signal?.throwIfAborted();
       this.stats.entries++;
-      const h = entry.header;
-      const comps = cleanPath(h.name);
-      if (!comps.length) {
-        // The root itself ("./"): only its metadata applies.
-        if (h.type === "directory") await this.#meta([], h);
-        continue;
-      }
-      const base = comps[comps.length - 1];
-      if (base.startsWith(".wh.")) {
-        await this.#whiteout(comps.slice(0, -1), base, h.name);
-        continue;
-      }
-      const parent = (await this.resolveDir(comps.slice(0, -1), true, h.name))!;
-      const rel = [...parent, base];
-      const p = this.#abs(rel);
-      let existing: Deno.FileInfo | undefined;
       try {
-        existing = await Deno.lstat(p);
+        await this.#entry(entry);
       } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        // Only filesystem errors get the entry's name; stream and ovm errors speak for themselves.
+        if (!Object.values(Deno.errors).some((c) => e instanceof c)) throw e;
+        throw new OvmError(`Cannot unpack "${entry.header.name}": ${(e as Error).message}`, {
+          cause: e,
+        });
       }
-      if (existing && !(existing.isDirectory && h.type === "directory")) {
-        if (
-          h.type === "hardlink" &&
-          cleanPath(h.linkname, "hardlink target").join("/") === rel.join("/")
-        ) {
-          continue; // a link to itself
-        }
-        await this.#removeExisting(p);
-      }
-      switch (h.type) {
-        case "directory":
-          if (!existing?.isDirectory) await Deno.mkdir(p, { mode: 0o700 });
-          break;
-        case "file": {
-          const f = await Deno.open(p, { write: true, createNew: true, mode: 0o600 });
-          try {
-            for await (const chunk of entry.body()) {
-              let off = 0;
-              while (off < chunk.byteLength) off += await f.write(chunk.subarray(off));
-            }
-          } finally {
-            f.close();
-          }
-          break;
-        }
-        case "symlink":
-          if (h.linkname.includes("\0")) {
-            throw new ValidationError(`Symlink "${h.name}" has a target containing NUL`);
-          }
-          await Deno.symlink(h.linkname, p);
-          break;
-        case "hardlink": {
-          const t = cleanPath(h.linkname, "hardlink target");
-          const tparent = await this.resolveDir(t.slice(0, -1), false, h.linkname);
-          const target = tparent && t.length ? this.#abs([...tparent, t[t.length - 1]]) : undefined;
-          const tst = target ? await Deno.lstat(target).catch(() => undefined) : undefined;
-          if (!target || !tst) {
-            throw new ValidationError(
-              `Hardlink "${h.name}" points to "${h.linkname}", which is not in the root filesystem yet`,
-              { hint: "a hardlink's target must be extracted earlier in the same image" },
-            );
-          }
-          if (tst.isDirectory) {
-            throw new ValidationError(`Hardlink "${h.name}" points to a directory "${h.linkname}"`);
-          }
-          await Deno.link(target, p);
-          this.#record(rel);
-          continue; // the inode's metadata is the target's
-        }
-        case "chardev":
-        case "blockdev":
-          if (!this.#opts.allowDevices) {
-            this.stats.skippedDevices++;
-            this.#opts.warn?.(
-              `skipped device node "${h.name}" (${h.type} ${h.devmajor}:${h.devminor}); ` +
-                "pass --allow-devices to create it",
-            );
-            continue;
-          }
-          await run("mknod", [
-            p,
-            h.type === "chardev" ? "c" : "b",
-            String(h.devmajor),
-            String(h.devminor),
-          ]);
-          break;
-        case "fifo":
-          await run("mkfifo", [p]);
-          break;
-      }
-      this.#record(rel);
-      await this.#meta(rel, h);
     }
+  }
+
+  async #entry(entry: TarEntry): Promise<void> {
+    const h = entry.header;
+    const comps = cleanPath(h.name);
+    if (!comps.length) {
+      // The root itself ("./"): only its metadata applies.
+      if (h.type === "directory") await this.#meta([], h);
+      return;
+    }
+    const base = comps[comps.length - 1];
+    if (base.startsWith(".wh.")) {
+      await this.#whiteout(comps.slice(0, -1), base, h.name);
+      return;
+    }
+    const parent = (await this.resolveDir(comps.slice(0, -1), true, h.name))!;
+    const rel = [...parent, base];
+    const p = this.#abs(rel);
+    let existing: Deno.FileInfo | undefined;
+    try {
+      existing = await Deno.lstat(p);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    if (existing && !(existing.isDirectory && h.type === "directory")) {
+      if (
+        h.type === "hardlink" &&
+        cleanPath(h.linkname, "hardlink target").join("/") === rel.join("/")
+      ) {
+        return; // a link to itself
+      }
+      await this.#removeExisting(p);
+    }
+    switch (h.type) {
+      case "directory":
+        if (!existing?.isDirectory) await Deno.mkdir(p, { mode: 0o700 });
+        break;
+      case "file": {
+        const f = await Deno.open(p, { write: true, createNew: true, mode: 0o600 });
+        try {
+          for await (const chunk of entry.body()) {
+            let off = 0;
+            while (off < chunk.byteLength) off += await f.write(chunk.subarray(off));
+          }
+        } finally {
+          f.close();
+        }
+        break;
+      }
+      case "symlink":
+        if (h.linkname.includes("\0")) {
+          throw new ValidationError(`Symlink "${h.name}" has a target containing NUL`);
+        }
+        await Deno.symlink(h.linkname, p);
+        break;
+      case "hardlink": {
+        const t = cleanPath(h.linkname, "hardlink target");
+        const tparent = await this.resolveDir(t.slice(0, -1), false, h.linkname);
+        const target = tparent && t.length ? this.#abs([...tparent, t[t.length - 1]]) : undefined;
+        const tst = target ? await Deno.lstat(target).catch(() => undefined) : undefined;
+        if (!target || !tst) {
+          throw new ValidationError(
+            `Hardlink "${h.name}" points to "${h.linkname}", which is not in the root filesystem yet`,
+            { hint: "a hardlink's target must be extracted earlier in the same image" },
+          );
+        }
+        if (tst.isDirectory) {
+          throw new ValidationError(`Hardlink "${h.name}" points to a directory "${h.linkname}"`);
+        }
+        await Deno.link(target, p);
+        this.#record(rel);
+        return; // the inode's metadata is the target's
+      }
+      case "chardev":
+      case "blockdev":
+        if (!this.#opts.allowDevices) {
+          this.stats.skippedDevices++;
+          this.#opts.warn?.(
+            `skipped device node "${h.name}" (${h.type} ${h.devmajor}:${h.devminor}); ` +
+              "pass --allow-devices to create it",
+          );
+          return;
+        }
+        await run("mknod", [
+          p,
+          h.type === "chardev" ? "c" : "b",
+          String(h.devmajor),
+          String(h.devminor),
+        ]);
+        break;
+      case "fifo":
+        await run("mkfifo", [p]);
+        break;
+    }
+    this.#record(rel);
+    await this.#meta(rel, h);
   }
 
   async #meta(rel: string[], h: TarHeader): Promise<void> {
@@ -372,9 +384,9 @@ class Unpacker {
 export async function writeFileInRoot(
   root: string,
   path: string,
-  data: string | Uint8Array,
-  options: { mode?: number; mtime?: number } = {},
+  options: { data: string | Uint8Array; mode?: number; mtime?: number },
 ): Promise<void> {
+  const data = options.data;
   const comps = cleanPath(path);
   if (!comps.length) throw new ValidationError(`Cannot write the root itself ("${path}")`);
   const u = new Unpacker(root, {});
