@@ -414,23 +414,49 @@ export class Repository {
       return "pushed";
     }
     const chunk = Math.max(this.#chunkSize, minChunk);
-    for (let start = 0; start < desc.size; start += chunk) {
+    let recoveries = 0;
+    for (let start = 0; start < desc.size;) {
       const len = Math.min(chunk, desc.size - start);
-      const patch = await this.#send({
-        method: "PATCH",
-        url: location,
-        headers: {
-          "Content-Type": "application/octet-stream",
-          "Content-Range": `${start}-${start + len - 1}`,
-          "Content-Length": String(len),
-        },
-        body: async () => counting(limitBytes(await open(start), len), start, options.onProgress),
-        signal,
-        scopes: this.#scopes(true),
-      });
-      if (patch.status !== 202) await this.#fail(patch, `upload of blob "${desc.digest}"`);
-      await patch.body?.cancel();
-      location = this.#location(patch);
+      const from = start;
+      let patch: Response | undefined;
+      try {
+        patch = await this.#send({
+          method: "PATCH",
+          url: location,
+          headers: {
+            "Content-Type": "application/octet-stream",
+            "Content-Range": `${from}-${from + len - 1}`,
+            "Content-Length": String(len),
+          },
+          body: async () => counting(limitBytes(await open(from), len), from, options.onProgress),
+          signal,
+          scopes: this.#scopes(true),
+        });
+      } catch (e) {
+        if (!(e instanceof NetworkError) || e.tls || recoveries >= 3) throw e;
+      }
+      if (patch?.status === 202) {
+        await patch.body?.cancel();
+        location = this.#location(patch);
+        start += len;
+        continue;
+      }
+      // A chunk that failed half-way (a 416 after a retry, a lost
+      // connection) may have been partly stored: ask the session where it
+      // stands and go on from there.
+      if (recoveries++ >= 3 || (patch && patch.status !== 416 && patch.status < 500)) {
+        if (patch) await this.#fail(patch, `upload of blob "${desc.digest}"`);
+      }
+      await patch?.body?.cancel();
+      const status = await this.#uploadStatus(location, signal);
+      if (!status) {
+        if (patch) await this.#fail(patch, `upload of blob "${desc.digest}"`);
+        throw new RegistryError(`Upload of blob "${desc.digest}" to "${this.registry}" was lost`, {
+          status: 0,
+        });
+      }
+      location = status.location;
+      start = status.offset;
     }
     const put = await this.#send({
       method: "PUT",
@@ -443,6 +469,23 @@ export class Repository {
     if (put.status !== 201) await this.#fail(put, `upload of blob "${desc.digest}"`);
     await put.body?.cancel();
     return "pushed";
+  }
+
+  /** Where an upload session stands (`GET` on its location), or undefined if it is gone. */
+  async #uploadStatus(
+    location: URL,
+    signal?: AbortSignal,
+  ): Promise<{ offset: number; location: URL } | undefined> {
+    const res = await this.#send({
+      method: "GET",
+      url: location,
+      signal,
+      scopes: this.#scopes(true),
+    });
+    await res.body?.cancel();
+    if (res.status !== 204 && res.status !== 202) return undefined;
+    const m = /^(?:bytes=)?0-(\d+)$/.exec(res.headers.get("range") ?? "");
+    return { offset: m ? Number(m[1]) + 1 : 0, location: this.#location(res) };
   }
 
   #location(res: Response): URL {

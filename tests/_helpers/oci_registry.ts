@@ -13,6 +13,8 @@ export interface OciRegistryOptions {
   chunkMinLength?: number;
   /** Answer the referrers route (default true). */
   referrers?: boolean;
+  /** Keep only half of the first PATCH chunk and answer 500, as a crashed upload would. */
+  failPatchOnce?: boolean;
 }
 
 interface StoredManifest {
@@ -55,6 +57,7 @@ export function ociRegistryHandler(
   const patches: number[] = [];
   const mounts: OciRegistry["mounts"] = [];
   const min = options.chunkMinLength ?? 0;
+  let failPatch = options.failPatchOnce ?? false;
 
   const repoOf = <T>(m: Map<string, T>, repo: string, make: () => T): T => {
     let v = m.get(repo);
@@ -94,7 +97,21 @@ export function ociRegistryHandler(
       }
       const up = uploads.get(id);
       if (!up || up.repo !== repo) return err(404, "BLOB_UPLOAD_UNKNOWN", "no such upload");
+      if (req.method === "GET") {
+        return new Response(null, {
+          status: 204,
+          headers: {
+            location: `/v2/${repo}/blobs/uploads/${id}`,
+            range: `0-${Math.max(0, up.data.length - 1)}`,
+          },
+        });
+      }
       const body = new Uint8Array(await req.arrayBuffer());
+      if (req.method === "PATCH" && failPatch) {
+        failPatch = false;
+        up.data = concat(up.data, body.subarray(0, body.length >> 1));
+        return err(500, "UNKNOWN", "disk on fire");
+      }
       if (req.method === "PATCH") {
         const range = req.headers.get("content-range");
         if (range) {

@@ -291,3 +291,27 @@ Deno.test("copy of an index carries every child manifest and keeps the index dig
     await Deno.remove(home, { recursive: true });
   }
 });
+
+Deno.test("a chunked upload that fails half-way continues from where the registry stands", async () => {
+  await using reg = startOciRegistry({ failPatchOnce: true });
+  const home = await Deno.makeTempDir({ prefix: "ovm-home-" });
+  try {
+    const packed = await packDummy(home, "demo/vm:1.0", { diskBytes: 2 << 20 });
+    const store = await ContentStore.open(home);
+    await pushFromStore(store, "demo/vm:1.0", `${reg.host}/vms/demo:1.0`, {
+      chunkSize: 512 << 10,
+      monolithicMax: 256 << 10,
+      retry: { baseDelayMs: 1 },
+    });
+    const home2 = await Deno.makeTempDir({ prefix: "ovm-home-" });
+    try {
+      const pulled = await pullToStore(await ContentStore.open(home2), `${reg.host}/vms/demo:1.0`);
+      assert.equal(pulled.descriptor.digest, packed.digest);
+      await assertStoreConsistent(home2);
+    } finally {
+      await Deno.remove(home2, { recursive: true });
+    }
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});
