@@ -95,3 +95,28 @@ Deno.test("the cloud-init wrapper quotes every value for sh", () => {
   const ud = renderUserData(c);
   nodeAssert.ok(ud.startsWith("#cloud-config\n"));
 });
+
+Deno.test("the cloud-init wrapper runs the workload with its env, workdir and argv", async () => {
+  const wd = await Deno.makeTempDir({ prefix: "ovm-wrapper-" });
+  try {
+    const c = bootstrapFromImage({
+      config: {
+        Entrypoint: ["/bin/sh", "-c", 'printf "%s|%s|%s|%s\\n" "$1" "$GREETING" "$ODD" "$(pwd)"'],
+        Cmd: ["argv0", "it's $HOME"],
+        Env: ["GREETING=hi there", "ODD=a'b\nc"],
+        WorkingDir: `${wd}/sub dir`,
+      },
+    });
+    const out = await new Deno.Command("sh", {
+      args: ["-c", renderWrapper(c)],
+      stdout: "piped",
+      stderr: "piped",
+      clearEnv: true,
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    eq(out.success, true);
+    eq(text, `it's $HOME|hi there|a'b\nc|${wd}/sub dir\n`);
+  } finally {
+    await Deno.remove(wd, { recursive: true });
+  }
+});
