@@ -7,7 +7,8 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { locateDiskInTar } from "../../src/disk/mod.ts";
 import { digestFile } from "../../src/manifest/mod.ts";
-import { ContentStore } from "../../src/store/mod.ts";
+import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
+import { buildDemoDisks } from "../../examples/demo/build.ts";
 import {
   demoHome,
   isVmProcess,
@@ -310,6 +311,49 @@ Deno.test({
         assert.equal((await ovmIn(home, "rm", "fg")).code, 0);
       },
     );
+
+    await t.step("a raw base layer under a qcow2 diff boots as the same chain", async () => {
+      const work = join(home, "rawbase");
+      await Deno.mkdir(work);
+      const disks = await buildDemoDisks(work);
+      const raw = join(work, "base.raw");
+      await sh("qemu-img", ["convert", "-O", "raw", disks.base, raw]);
+      const a = await loadArtifact(store, artifact.ref);
+      const packed = await ovmIn(
+        home,
+        "pack",
+        "--kernel",
+        store.blobPath(a.manifest.kernel.ref),
+        "--initrd",
+        store.blobPath(a.manifest.initrd!.ref),
+        "--disk",
+        `${raw}:raw`,
+        "--disk",
+        disks.diff,
+        "--args",
+        a.manifest.kernel.args,
+        "-t",
+        "rawbase:1",
+      );
+      assert.equal(packed.code, 0, packed.stderr);
+      const r = await ovmIn(
+        home,
+        "run",
+        ...VM,
+        "--name",
+        "rawbase",
+        "--net",
+        "none",
+        "rawbase:1",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/ovms-demo/base.txt /etc/ovms-demo/diff.txt",
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /I live in the base layer\r?\nI live in the diff layer/);
+      assert.equal((await ovmIn(home, "rm", "rawbase")).code, 0);
+    });
 
     await t.step(
       "a boot that prints nothing within the bound fails with a clear error",
