@@ -383,6 +383,12 @@ export class StoreTarget implements CopyTarget {
     } catch (e) {
       keep = signal?.aborted === true || isNetworkError(e) ||
         (e instanceof DOMException && e.name === "AbortError");
+      // A concurrent writer of the same blob may have committed it under us
+      // (the store releases the ingest lock just before its rename): what is
+      // in blobs/ was verified by that writer, so it is as good as ours.
+      if (!keep && e instanceof Deno.errors.NotFound && await this.#store.has(desc.digest)) {
+        return "exists";
+      }
       throw e;
     } finally {
       if (keep) w.close();
