@@ -127,12 +127,17 @@ export class IngestWriter {
       await this.abort();
       throw e;
     }
-    this.#file.close();
-    this.#done = true;
-    await Deno.chmod(this.#path, 0o444);
-    const target = this.#store.blobPath(digest);
-    // Two writers of one blob: both renames succeed and leave identical bytes.
-    await Deno.rename(this.#path, target);
+    // Rename while still holding the ingest lock: a second writer of the
+    // same key must not open the file between our close and our rename.
+    try {
+      await Deno.chmod(this.#path, 0o444);
+      const target = this.#store.blobPath(digest);
+      // Two writers of one blob: both renames succeed and leave identical bytes.
+      await Deno.rename(this.#path, target);
+    } finally {
+      this.#file.close();
+      this.#done = true;
+    }
     await fsyncDir(join(this.#store.root, "blobs", "sha256"));
     return { digest, size };
   }
