@@ -73,13 +73,34 @@ export function isActive(state: InstanceState): boolean {
   return ACTIVE.includes(state.state);
 }
 
-/** The uid/gid QEMU runs as when ovm is root (`$OVM_QEMU_UID`/`$OVM_QEMU_GID`, default nobody). */
-export function vmmUser(): { uid: number; gid: number } | undefined {
+/** First uid of the range per-instance VMM users are drawn from (no passwd entries needed). */
+export const VMM_UID_BASE = 0x4f560000;
+const VMM_UID_SPAN = 0x10000;
+
+/**
+ * The uid/gid the VMM runs as when ovm is root. By default each instance gets
+ * its own unprivileged uid (and gid) from a fixed range, derived from its home
+ * and id, so two VMs can neither open each other's files nor ptrace each
+ * other. `$OVM_QEMU_UID`/`$OVM_QEMU_GID` pin one uid for all (`0` keeps root).
+ */
+export function vmmUser(home: string, id: string): { uid: number; gid: number } | undefined {
   if (Deno.uid() !== 0) return undefined;
-  const uid = Number(Deno.env.get("OVM_QEMU_UID") ?? 65534);
-  const gid = Number(Deno.env.get("OVM_QEMU_GID") ?? uid);
-  if (uid === 0) return undefined;
-  return { uid, gid };
+  const fixed = Deno.env.get("OVM_QEMU_UID");
+  if (fixed !== undefined) {
+    const uid = Number(fixed);
+    if (!Number.isInteger(uid) || uid < 0) {
+      throw new ValidationError(`Invalid OVM_QEMU_UID "${fixed}"`, { hint: "use a number" });
+    }
+    if (uid === 0) return undefined;
+    return { uid, gid: Number(Deno.env.get("OVM_QEMU_GID") ?? uid) };
+  }
+  // FNV-1a over "home\0id": stable for the instance, spread over the range.
+  let h = 0x811c9dc5;
+  for (const b of new TextEncoder().encode(`${home}\0${id}`)) {
+    h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  }
+  const uid = VMM_UID_BASE + (h % VMM_UID_SPAN);
+  return { uid, gid: uid };
 }
 
 async function readBootstrap(
@@ -240,7 +261,7 @@ export async function startInstance(
       network: { mode: net, publish },
       vmDir: paths.vmDir,
       consoleLog: paths.consoleLog,
-      runAs: vmmUser(),
+      runAs: vmmUser(home, id),
       detach: options.detach ?? false,
     };
     step("instance dir, config disk, cmdline");

@@ -21,6 +21,7 @@ async function storeRaw(
   disk: string,
   format: "qcow2" | "raw" | "ovfms",
   tag: string,
+  devices: unknown[] = [],
 ): Promise<void> {
   const store = await ContentStore.open(home);
   const kernel = await store.writeBlob(new TextEncoder().encode("not a kernel"));
@@ -33,6 +34,7 @@ async function storeRaw(
     version: "1",
     kernel: { ref: kernel.digest, args: "console=ttyS0" },
     diskLayers: [{ ref: layer.digest, format, size: 64 * 1024 * 1024 }],
+    devices,
   });
   await store.tag(tag, await writeArtifact(store, manifest));
 }
@@ -92,6 +94,27 @@ Deno.test("a layer in the reserved ovfms format is refused with a hint", async (
     assert.equal(r.code, 2);
     assert.match(r.stderr, /format "ovfms", which ovm cannot run/);
   } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});
+
+Deno.test("a shared-memory file that already exists is a conflict, not overwritten", async () => {
+  const home = await Deno.makeTempDir({ prefix: "ovm-shm-" });
+  const shm = "/dev/shm/ovm-shmclash-shm0";
+  try {
+    const disk = join(home, "d.qcow2");
+    await sh("qemu-img", ["create", "-q", "-f", "qcow2", disk, "64M"]);
+    await storeRaw(home, disk, "qcow2", "clash:1", [
+      { type: "ivshmem", name: "shm0", size: 1 << 20, mmio_addr: "0x0" },
+    ]);
+    await Deno.writeTextFile(shm, "someone else's");
+    const r = await ovmIn(home, "run", "--accel", "tcg", "--name", "shmclash", "clash:1");
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /Shared-memory file "\/dev\/shm\/ovm-shmclash-shm0" already exists/);
+    assert.equal(await Deno.readTextFile(shm), "someone else's");
+    assert.deepEqual(JSON.parse((await ovmIn(home, "ps", "-a", "--json")).stdout), []);
+  } finally {
+    await Deno.remove(shm).catch(() => {});
     await Deno.remove(home, { recursive: true });
   }
 });

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { locateDiskInTar } from "../../src/disk/mod.ts";
 import { digestFile } from "../../src/manifest/mod.ts";
 import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
+import { VMM_UID_BASE } from "../../src/runtime/mod.ts";
 import { buildDemoDisks } from "../../examples/demo/build.ts";
 import {
   demoHome,
@@ -181,7 +182,17 @@ Deno.test({
 
         const status = await Deno.readTextFile(`/proc/${pid}/status`);
         assert.match(status, /^Seccomp:\t2$/m);
-        if (Deno.uid() === 0) assert.match(status, /^Uid:\t65534\t65534\t65534\t65534$/m);
+        const shmFile = "/dev/shm/ovm-shm-shm0";
+        if (Deno.uid() === 0) {
+          // Its own unprivileged uid, from the per-instance range; no supplementary groups.
+          const uid = Number(/^Uid:\t(\d+)\t(\d+)\t(\d+)\t(\d+)$/m.exec(status)?.[1]);
+          assert.ok(uid >= VMM_UID_BASE && uid < VMM_UID_BASE + 0x10000, status);
+          assert.match(status, new RegExp(`^Uid:\t${uid}\t${uid}\t${uid}\t${uid}$`, "m"));
+          assert.match(status, /^Groups:[\t ]*$/m);
+          const st = await Deno.stat(shmFile);
+          assert.equal(st.uid, uid);
+          assert.equal(st.mode! & 0o777, 0o600);
+        }
 
         const shm = "/dev/shm/ovm-shm-shm0";
         await waitFor(async () => {

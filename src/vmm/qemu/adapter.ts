@@ -78,15 +78,34 @@ export class QemuAdapter implements VmmAdapter {
       throw new ValidationError(`Network mode "${spec.network.mode}" is not supported by qemu`);
     }
     const cmd = buildQemuCommand(spec);
-    for (const f of cmd.runtimeFiles) {
-      if (await exists(f)) {
-        throw new ConflictError(`Shared-memory file "${f}" already exists`, {
-          hint: "another VM with the same instance id and device name runs, or a stale file " +
-            "is left over: remove it if no VM uses it",
-        });
-      }
-    }
     await Deno.mkdir(spec.vmDir, { recursive: true, mode: 0o700 });
+    // Shared-memory files are created here, exclusively (no following a
+    // planted symlink in the world-writable /dev/shm), mode 0600 and owned by
+    // the VMM's user: readable by the host side, not by other local users.
+    const created: string[] = [];
+    try {
+      for (const f of cmd.runtimeFiles) {
+        try {
+          (await Deno.open(f, { write: true, createNew: true, mode: 0o600 })).close();
+        } catch (e) {
+          if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+          throw new ConflictError(`Shared-memory file "${f}" already exists`, {
+            cause: e,
+            hint: "another VM with the same instance id and device name runs, or a stale " +
+              "file is left over: remove it if no VM uses it",
+          });
+        }
+        created.push(f);
+        if (spec.runAs) await Deno.chown(f, spec.runAs.uid, spec.runAs.gid);
+      }
+      await this.#prepareFiles(spec);
+    } catch (e) {
+      for (const f of created) await Deno.remove(f).catch(() => {});
+      throw e;
+    }
+  }
+
+  async #prepareFiles(spec: VmSpec): Promise<void> {
     if (spec.rootDisk) {
       const top = spec.rootDisk.layers.at(-1);
       if (!top) throw new ValidationError("The root disk has no layers");
