@@ -264,6 +264,10 @@ export class QemuAdapter implements VmmAdapter {
     try {
       qmp = await this.#connect(handle, 3000).catch(() => undefined);
       if (qmp && !options.force) {
+        // A paused guest cannot react to the power button: let it run first.
+        const st = await qmp.execute<{ running: boolean; status: string }>("query-status")
+          .catch(() => undefined);
+        if (st && !st.running && st.status === "paused") await qmp.execute("cont").catch(() => {});
         // Ctrl-Alt-Del reaches PID 1 as SIGINT (ovms-init stops the workload
         // and powers off); the ACPI power button serves images with acpid/systemd.
         await qmp.execute("send-key", {
