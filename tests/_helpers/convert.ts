@@ -111,6 +111,38 @@ export async function buildTestImage(dir: string, tag = IMAGE_TAG): Promise<void
   }
 }
 
+/**
+ * An image that boots itself: busybox and a `/sbin/init` that prints a line
+ * and powers off, with no Entrypoint and no Cmd (for `--profile none`).
+ */
+export async function buildSelfBootingImage(dir: string, tag = IMAGE_TAG): Promise<void> {
+  const image = `${dir}:${tag}`;
+  const bundle = `${dir}.bundle`;
+  try {
+    await sh("umoci", ["init", "--layout", dir]);
+    await sh("umoci", ["new", "--image", image]);
+    await sh("umoci", ["unpack", "--image", image, bundle]);
+    const root = join(bundle, "rootfs");
+    for (const d of ["bin", "sbin", "proc", "sys", "dev"]) {
+      await Deno.mkdir(join(root, d), { recursive: true });
+    }
+    await Deno.copyFile("/bin/busybox", join(root, "bin/busybox"));
+    await Deno.chmod(join(root, "bin/busybox"), 0o755);
+    for (const a of ["sh", "echo", "poweroff", "cat"]) {
+      await Deno.symlink("busybox", join(root, "bin", a));
+    }
+    await Deno.writeTextFile(
+      join(root, "sbin/init"),
+      '#!/bin/sh\necho "SELF-BOOT: pid $$ $(cat /proc/cmdline | grep -o ovms.mode=[a-z_]*)"\npoweroff -f\n',
+    );
+    await Deno.chmod(join(root, "sbin/init"), 0o755);
+    await sh("umoci", ["repack", "--image", image, bundle]);
+    await sh("umoci", ["gc", "--layout", dir]);
+  } finally {
+    await Deno.remove(bundle, { recursive: true }).catch(() => {});
+  }
+}
+
 /** One entry of a hostile layer, as Python's tarfile builds it. */
 export interface TarSpec {
   name: string;

@@ -12,7 +12,14 @@ import { SEED_MEDIA_TYPE } from "../../src/convert/mod.ts";
 import { assertExit, listFiles, ovm, tempDir } from "../_helpers/cli.ts";
 import { TEST_CACHE } from "../_helpers/vm.ts";
 import { startRegistry } from "../_helpers/registry.ts";
-import { buildTestImage, IMAGE_TAG, sh, writeLayout, writeTar } from "../_helpers/convert.ts";
+import {
+  buildSelfBootingImage,
+  buildTestImage,
+  IMAGE_TAG,
+  sh,
+  writeLayout,
+  writeTar,
+} from "../_helpers/convert.ts";
 
 const assert = (v: unknown, msg?: string) => nodeAssert.ok(v, msg);
 const assertEquals = (a: unknown, b: unknown) => nodeAssert.deepEqual(a, b);
@@ -236,6 +243,25 @@ Deno.test("convert refuses an image with no Entrypoint and no Cmd unless --profi
   assertEquals(ok.bootstrap.config.env, ["A=1"]);
   const a = await loadArtifact(store, "x/none:1");
   assert(a.manifest.kernel.args.includes("ovms.mode=switch_root"), a.manifest.kernel.args);
+});
+
+Deno.test("the none profile boots the image's own /sbin/init", async () => {
+  await using home = await systemHome();
+  await using work = await tempDir();
+  const layout = join(work.path, "layout");
+  await buildSelfBootingImage(layout);
+  const r = await ovm(home.path, "convert", `oci:${layout}:${IMAGE_TAG}`, "-t", "self/boot:1");
+  assertExit(r, 2);
+  await convertJson(
+    home.path,
+    `oci:${layout}:${IMAGE_TAG}`,
+    "-t",
+    "self/boot:1",
+    "--profile",
+    "none",
+  );
+  const run = await ovm(home.path, "run", "self/boot:1", "--accel", "tcg", "--net", "none");
+  assert(/SELF-BOOT: pid 1 ovms.mode=switch_root/.test(run.stdout), run.stdout);
 });
 
 Deno.test("convert leaves nothing in the store when a layer is hostile or unknown", async () => {
