@@ -14,6 +14,7 @@ PACKAGES=(
   skopeo umoci                 # independent OCI clients for interop tests
   cloud-init                   # its schema validator, for convert's cloud-init profile
   apache2-utils openssl        # htpasswd and certificates for registry auth tests
+  dosfstools mtools attr zstd  # convert: vfat cidata seed, xattrs, zstd layers
 )
 
 missing=()
