@@ -8,7 +8,8 @@ import { join } from "node:path";
 import { locateDiskInTar } from "../../src/disk/mod.ts";
 import { digestFile } from "../../src/manifest/mod.ts";
 import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
-import { VMM_UID_BASE } from "../../src/runtime/mod.ts";
+import { getInstance, VMM_UID_BASE } from "../../src/runtime/mod.ts";
+import { getAdapter } from "../../src/vmm/mod.ts";
 import { buildDemoDisks } from "../../examples/demo/build.ts";
 import {
   demoHome,
@@ -147,7 +148,7 @@ Deno.test({
     );
 
     await t.step(
-      "a detached VM outlives ovm, writes an ivshmem pattern the host reads, runs sandboxed, and stop leaves nothing",
+      "a detached VM outlives ovm, writes an ivshmem pattern the host reads, runs sandboxed, and stopping it while paused leaves nothing",
       async () => {
         const guest = "for d in /sys/bus/pci/devices/*; do " +
           'if [ "$(cat $d/device)" = 0x1110 ]; then ' +
@@ -212,6 +213,15 @@ Deno.test({
         }, { what: "pattern-written in ovm logs" });
 
         const qmp = state.qmpSocket as string;
+        // Paused through the adapter, the VM shows as paused; stop resumes it
+        // so the guest can still power off gracefully.
+        const vm = (await getInstance(home, "shm")).vm!;
+        await getAdapter("qemu").pause(vm);
+        const paused = JSON.parse((await ovmIn(home, "ps", "--json")).stdout) as {
+          id: string;
+          state: string;
+        }[];
+        assert.equal(paused.find((s) => s.id === "shm")?.state, "paused");
         // `logs -f` follows the console until the VM ends.
         const follow = ovmProc(home, "logs", "-f", "shm");
         const stop = await ovmProc(home, "stop", "shm", "--timeout", "30");
