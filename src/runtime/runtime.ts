@@ -161,69 +161,98 @@ export async function startInstance(
     options.trace?.(name, now - mark);
     mark = now;
   };
-  const artifact = await loadArtifact(store, ref);
-  step("resolve manifest");
-  const m = artifact.manifest;
-  if (m.metadata && m.metadata.platform.arch !== "x86_64") {
-    throw new ValidationError(`The artifact is for "${m.metadata.platform.arch}"; ovm runs x86_64`);
-  }
-  if (!isDigest(m.kernel.ref) || (m.initrd && !isDigest(m.initrd.ref))) {
-    throw new ValidationError("The artifact's kernel or initrd is a registry reference", {
-      hint: "pull the artifact first with 'ovm pull'",
-    });
-  }
-  if (m.ramSnapshot) note("the artifact has a RAM snapshot; this run boots it cold");
-  const adapter = await selectAdapter(m, { requested: options.runtime, warn: note });
-  for (const d of m.devices) {
-    if (!adapter.capabilities.devices.includes(d.type)) {
-      throw new ValidationError(`Device type "${d.type}" is not supported by ${adapter.name}`, {
-        hint: `supported device types: ${adapter.capabilities.devices.join(", ")}`,
+  // Until state.json names the artifact, a concurrent gc could take its blobs:
+  // hold the store lease from resolving the ref to claiming the instance.
+  const claimed = await store.lease(async () => {
+    const artifact = await loadArtifact(store, ref);
+    step("resolve manifest");
+    const m = artifact.manifest;
+    if (m.metadata && m.metadata.platform.arch !== "x86_64") {
+      throw new ValidationError(
+        `The artifact is for "${m.metadata.platform.arch}"; ovm runs x86_64`,
+      );
+    }
+    if (!isDigest(m.kernel.ref) || (m.initrd && !isDigest(m.initrd.ref))) {
+      throw new ValidationError("The artifact's kernel or initrd is a registry reference", {
+        hint: "pull the artifact first with 'ovm pull'",
       });
     }
-  }
-  const accel = await chooseAccel(options.accel ?? "auto");
-  if (accel.fallbackReason) note(`using TCG (software emulation): ${accel.fallbackReason}`);
-  step("select runtime and accelerator");
-  const chain = await assembleChain(store, m.diskLayers);
-  step("assemble disk chain");
+    if (m.ramSnapshot) note("the artifact has a RAM snapshot; this run boots it cold");
+    const adapter = await selectAdapter(m, { requested: options.runtime, warn: note });
+    for (const d of m.devices) {
+      if (!adapter.capabilities.devices.includes(d.type)) {
+        throw new ValidationError(`Device type "${d.type}" is not supported by ${adapter.name}`, {
+          hint: `supported device types: ${adapter.capabilities.devices.join(", ")}`,
+        });
+      }
+    }
+    const accel = await chooseAccel(options.accel ?? "auto");
+    if (accel.fallbackReason) note(`using TCG (software emulation): ${accel.fallbackReason}`);
+    step("select runtime and accelerator");
+    const chain = await assembleChain(store, m.diskLayers);
+    step("assemble disk chain");
 
-  const id = options.name ? assertInstanceId(options.name) : newInstanceId();
-  const instances = new InstanceStore(home);
-  await instances.create(id);
-  const paths = instances.paths(id);
-  const publish = options.publish ?? [];
-  const net = options.net ?? "user";
-  const kernelFile = await bootFile(store, "kernel", m.kernel.ref);
-  const initrdFile = m.initrd ? await bootFile(store, "initrd", m.initrd.ref) : undefined;
-  const kernel = kernelFile.path;
-  const initrd = initrdFile?.path;
-  const now = new Date().toISOString();
-  let state: InstanceState = {
-    schemaVersion: 1,
-    id,
-    ref,
-    manifestDigest: artifact.descriptor.digest,
-    name: m.name,
-    version: m.version,
-    adapter: adapter.name,
-    state: "starting",
-    kernelDigest: m.kernel.ref as Digest,
-    kernelVersion: kernelFile.version ?? await readKernelVersion(kernel),
-    ...(m.initrd
-      ? { initrdDigest: m.initrd.ref as Digest, initrdVersion: initrdFile?.version }
-      : {}),
-    accel: accel.accel,
-    memoryBytes: options.memoryBytes ?? DEFAULT_MEMORY,
-    cpus: options.cpus ?? 1,
-    network: { mode: net, publish },
-    devices: [],
-    detached: options.detach ?? false,
-    createdAt: now,
-    ownerPid: Deno.pid,
-  };
+    const kernelFile = await bootFile(store, "kernel", m.kernel.ref);
+    const initrdFile = m.initrd ? await bootFile(store, "initrd", m.initrd.ref) : undefined;
+    const id = options.name ? assertInstanceId(options.name) : newInstanceId();
+    const instances = new InstanceStore(home);
+    const paths = instances.paths(id);
+    const publish = options.publish ?? [];
+    const net = options.net ?? "user";
+    const kernel = kernelFile.path;
+    const initrd = initrdFile?.path;
+    const now = new Date().toISOString();
+    const state: InstanceState = {
+      schemaVersion: 1,
+      id,
+      ref,
+      manifestDigest: artifact.descriptor.digest,
+      name: m.name,
+      version: m.version,
+      adapter: adapter.name,
+      state: "starting",
+      kernelDigest: m.kernel.ref as Digest,
+      kernelVersion: kernelFile.version ?? await readKernelVersion(kernel),
+      ...(m.initrd
+        ? { initrdDigest: m.initrd.ref as Digest, initrdVersion: initrdFile?.version }
+        : {}),
+      accel: accel.accel,
+      memoryBytes: options.memoryBytes ?? DEFAULT_MEMORY,
+      cpus: options.cpus ?? 1,
+      network: { mode: net, publish },
+      devices: [],
+      detached: options.detach ?? false,
+      createdAt: now,
+      ownerPid: Deno.pid,
+    };
+    await instances.create(id);
+    try {
+      await instances.write(state);
+    } catch (e) {
+      await instances.remove(id).catch(() => {});
+      throw e;
+    }
+    return {
+      artifact,
+      m,
+      adapter,
+      accel,
+      chain,
+      id,
+      instances,
+      paths,
+      publish,
+      net,
+      kernel,
+      initrd,
+      state,
+    };
+  });
+  const { artifact, m, adapter, accel, chain, id, instances, paths, publish, net, kernel, initrd } =
+    claimed;
+  let state = claimed.state;
   let started: StartedVm | undefined;
   try {
-    await instances.write(state);
     await Deno.mkdir(paths.vmDir, { mode: 0o700 });
 
     let config = await readBootstrap(store, artifact);

@@ -278,12 +278,13 @@ Deno.test({
         const state = await readState(home, "web");
         const pid = state.pid as number;
         Deno.kill(pid, "SIGKILL");
-        await waitFor(async () => (await isVmProcess(pid)) ? undefined : true, {
-          what: "qemu to die",
-        });
-        const ps = await ovmIn(home, "ps", "-a", "--json");
-        const web = (JSON.parse(ps.stdout) as { id: string; state: string; reason: string }[])
-          .find((s) => s.id === "web")!;
+        // A SIGKILLed QEMU takes a moment to tear down its threads; ps notices once it is gone.
+        const web = await waitFor(async () => {
+          const ps = await ovmIn(home, "ps", "-a", "--json");
+          const w = (JSON.parse(ps.stdout) as { id: string; state: string; reason: string }[])
+            .find((s) => s.id === "web")!;
+          return w.state === "running" ? undefined : w;
+        }, { what: "ps to notice the killed VM", timeoutMs: 20_000 });
         assert.equal(web.state, "error");
         assert.match(web.reason, /pid \d+.*(killed|ended)/);
         await assert.rejects(Deno.lstat("/dev/shm/ovm-web-shm0"), Deno.errors.NotFound);
