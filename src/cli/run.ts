@@ -19,7 +19,7 @@ import {
   waitInstance,
 } from "../runtime/mod.ts";
 import { parseAccel } from "../vmm/qemu/accel.ts";
-import { parseSize } from "../util/size.ts";
+import { formatBytes, parseSize } from "../util/size.ts";
 import { bool, type Command, str, strs } from "./command.ts";
 import { parseEntrypointFlag } from "../convert/bootstrap.ts";
 import { enforcePolicy } from "../sign/mod.ts";
@@ -153,6 +153,16 @@ export const runCommand: Command = {
         : undefined,
     });
     const id = started.state.id;
+    for (const d of started.state.devices) {
+      // QEMU places BARs itself: say where the region really is (spec 7.5).
+      ctx.out.info(
+        `${d.type} ${d.name}: host ${d.hostPath} (${formatBytes(d.size)}); guest: PCI 1af4:1110 ` +
+          `BAR2 (mmio_addr ${d.mmioAddr} is advisory on qemu)`,
+      );
+    }
+    for (const p of started.state.network.publish) {
+      ctx.out.info(`published ${p.hostIp}:${p.hostPort} -> guest ${p.guestPort}/${p.protocol}`);
+    }
     if (detach) {
       started.vm.release();
       ctx.out.result({ id, state: started.state });
