@@ -173,10 +173,18 @@ export const runCommand: Command = {
     const sink = ctx.json ? ctx.out.stderr : ctx.out.stdout;
     let ended = false;
     const final = waitInstance(ctx.home, started).finally(() => (ended = true));
+    // A closed stdout (`| head`) ends the streaming, not the run: the VM is
+    // still waited for, so its state and leftovers are recorded and cleaned.
+    let sinkOpen = true;
     const stream = followConsole(instancePaths(ctx.home, id).consoleLog, (b) => {
-      let off = 0;
-      while (off < b.byteLength) off += sink.writeSync(b.subarray(off));
-    }, { until: () => ended });
+      if (!sinkOpen) return;
+      try {
+        let off = 0;
+        while (off < b.byteLength) off += sink.writeSync(b.subarray(off));
+      } catch {
+        sinkOpen = false;
+      }
+    }, { until: () => ended }).catch(() => {});
     let interrupted = false;
     const onAbort = () => {
       interrupted = true;
