@@ -8,8 +8,8 @@ import { assertSelfContained, diskTarStream, isQcow2Magic, readQcow2Header } fro
 import {
   BootstrapConfigSchema,
   canonicalJson,
-  digestOf,
   type Device,
+  digestOf,
   type DiskFormat,
   type Manifest,
   manifestFromValue,
@@ -148,7 +148,11 @@ export async function pack(
   buildManifest({
     kernel: placeholder("kernel"),
     initrd: input.initrd ? placeholder("initrd") : undefined,
-    diskLayers: input.disks.map((d, i) => ({ ref: placeholder(`disk${i}`), format: d.format, size: 1 })),
+    diskLayers: input.disks.map((d, i) => ({
+      ref: placeholder(`disk${i}`),
+      format: d.format,
+      size: 1,
+    })),
     bootstrap: bootstrapBytes ? placeholder("bootstrap") : undefined,
   });
   return await store.lease(async () => {

@@ -78,7 +78,8 @@ export function assertSelfContained(info: Qcow2Info, what: string): void {
     throw new ValidationError(
       `${what} names its own backing file "${info.backingFile}"; refused`,
       {
-        hint: "OVMS disk layers must not name backing files (ovm builds the chain from diskLayers); " +
+        hint:
+          "OVMS disk layers must not name backing files (ovm builds the chain from diskLayers); " +
           "strip the name with: qemu-img rebase -u -b '' FILE",
       },
     );
