@@ -76,6 +76,8 @@ export async function listFiles(dir: string, prefix = ""): Promise<string[]> {
 
 export function assertExit(r: CliResult, code: number): void {
   if (r.code !== code) {
-    throw new Error(`expected exit ${code}, got ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+    throw new Error(
+      `expected exit ${code}, got ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`,
+    );
   }
 }

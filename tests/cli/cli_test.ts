@@ -129,7 +129,18 @@ Deno.test("pack refuses a qcow2 layer that names a backing file and writes nothi
   await using tmp = await tempDir();
   const home = join(tmp.path, "home");
   const f = await makeFiles(tmp.path);
-  const r = await ovm(home, "pack", "--kernel", f.kernel, "--disk", f.base, "--disk", f.diff, "-t", "x/y:1");
+  const r = await ovm(
+    home,
+    "pack",
+    "--kernel",
+    f.kernel,
+    "--disk",
+    f.base,
+    "--disk",
+    f.diff,
+    "-t",
+    "x/y:1",
+  );
   assertExit(r, 2);
   assert.match(r.stderr, /names its own backing file/);
   assert.match(r.stderr, /qemu-img rebase -u -b ''/);
@@ -148,8 +159,14 @@ Deno.test("pack refuses bad flags with exit 2 and writes nothing", async () => {
     [["--kernel", f.kernel, "-t", "x@sha256:abc"], /Invalid reference/],
     [["--kernel", f.kernel, "--device", "gpu:name=a", "-t", "x:1"], /unknown device type "gpu"/],
     [["--kernel", f.kernel, "--device", "ivshmem:name=a,size=3M", "-t", "x:1"], /power of two/],
-    [["--kernel", f.kernel, "--device", "ivshmem:name=a,size=lots", "-t", "x:1"], /Invalid --device size "lots"/],
-    [["--kernel", f.kernel, "--disk", f.kernel, "--disk", f.initrd, "-t", "x:1"], /only the base \(first\) disk may be raw/],
+    [
+      ["--kernel", f.kernel, "--device", "ivshmem:name=a,size=lots", "-t", "x:1"],
+      /Invalid --device size "lots"/,
+    ],
+    [
+      ["--kernel", f.kernel, "--disk", f.kernel, "--disk", f.initrd, "-t", "x:1"],
+      /only the base \(first\) disk may be raw/,
+    ],
   ];
   for (const [args, pattern] of cases) {
     const r = await ovm(home, "pack", ...args);

@@ -161,7 +161,10 @@ Deno.test("concurrent tag updates in one process are all kept", async () => {
     layers: [],
   }));
   await Promise.all(
-    Array.from({ length: 12 }, (_, i) => store.tag(`c/t:${i}`, { mediaType: MediaTypes.ociManifest, ...m })),
+    Array.from(
+      { length: 12 },
+      (_, i) => store.tag(`c/t:${i}`, { mediaType: MediaTypes.ociManifest, ...m }),
+    ),
   );
   assert.equal((await store.listRefs()).length, 12);
 });
@@ -173,14 +176,27 @@ Deno.test("gc removes only what no ref and no instance needs", async () => {
   await Deno.mkdir(files);
   await Deno.writeFile(join(files, "k"), new Uint8Array(1000).fill(1));
   await Deno.writeFile(join(files, "k2"), new Uint8Array(1000).fill(2));
-  const kept = await pack(store, { kernel: join(files, "k"), disks: [], devices: [], tag: "g/kept:1" });
-  const dropped = await pack(store, { kernel: join(files, "k2"), disks: [], devices: [], tag: "g/dropped:1" });
+  const kept = await pack(store, {
+    kernel: join(files, "k"),
+    disks: [],
+    devices: [],
+    tag: "g/kept:1",
+  });
+  const dropped = await pack(store, {
+    kernel: join(files, "k2"),
+    disks: [],
+    devices: [],
+    tag: "g/dropped:1",
+  });
   const orphan = await store.writeBlob(new TextEncoder().encode("orphan"));
   await store.untag("g/dropped:1");
   // An instance still uses the dropped artifact's manifest.
   const inst = join(store.paths.instances, "vm1");
   await Deno.mkdir(inst, { recursive: true });
-  await Deno.writeTextFile(join(inst, "state.json"), JSON.stringify({ manifestDigest: dropped.descriptor.digest }));
+  await Deno.writeTextFile(
+    join(inst, "state.json"),
+    JSON.stringify({ manifestDigest: dropped.descriptor.digest }),
+  );
   const { instanceRoots } = await import("../../src/cli/gc.ts");
   let res = await store.gc({ roots: await instanceRoots(store.paths.instances) });
   assert.deepEqual(res.removed.map((b) => b.digest), [orphan.digest]);
