@@ -150,7 +150,7 @@ export async function buildDemoArtifact(
       initrd: system.initrd.path,
       disks: [{ path: disks.base, format: "qcow2" }, { path: disks.diff, format: "qcow2" }],
       args: initCmdline({ root: "/dev/vda", rootFs: "ext4", rootMode: "rw", mode: "exec" }),
-      devices: [{ type: "ivshmem", name: "shm0", size: 1024 * 1024, mmio_addr: "0x0" }],
+      devices: [{ type: "ivshmem", name: "shm0", size: 1024 * 1024, mmio_addr: "0x10000000" }],
       bootstrap,
       tag: options.tag ?? DEMO_TAG,
       preferredRuntime: ["qemu"],
