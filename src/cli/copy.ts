@@ -4,7 +4,9 @@
  * repository to another with the same engine as push and pull; blobs are
  * mounted across repositories of one registry instead of copied.
  */
-import { copyBetween } from "../oci/mod.ts";
+import type { Digest } from "../manifest/mod.ts";
+import { copyBetween, openRepository } from "../oci/mod.ts";
+import { copySignatures, RemoteSignatureSource } from "../sign/mod.ts";
 import { formatBytes } from "../util/size.ts";
 import type { Command } from "./command.ts";
 import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
@@ -14,7 +16,13 @@ export const copyCommand: Command = {
   summary: "Copy an artifact from one registry repository to another",
   usage: "copy <SRC-REF> <DST-REF> [options]",
   args: { min: 2, max: 2, names: "SRC-REF DST-REF" },
-  options: REMOTE_OPTIONS,
+  options: {
+    ...REMOTE_OPTIONS,
+    "no-signatures": {
+      type: "boolean",
+      help: "Do not copy the artifact's signatures (by default they follow the digest)",
+    },
+  },
   examples: ["ovm copy localhost:5000/vms/demo:1.0 localhost:5001/mirror/demo:1.0"],
   async run(ctx, input) {
     const [src, dst] = input.args;
@@ -25,6 +33,13 @@ export const copyCommand: Command = {
     } finally {
       progress.finish();
     }
+    // Signatures are attached to the digest, so they stay valid in the new repository.
+    const signatures = input.options["no-signatures"] ? 0 : await copySignatures(
+      new RemoteSignatureSource(openRepository(src, options)),
+      new RemoteSignatureSource(openRepository(dst, options)),
+      res.descriptor.digest as Digest,
+      { signal: ctx.signal },
+    );
     ctx.out.result({
       source: src,
       destination: dst,
@@ -33,11 +48,12 @@ export const copyCommand: Command = {
       blobs: res.blobs,
       bytes: res.bytes,
       transferred: res.transferred,
+      signatures,
     });
     ctx.out.line(
       `copied ${src} to ${dst} ${res.descriptor.digest} (${res.blobs} blobs, ${
         formatBytes(res.transferred)
-      } transferred)`,
+      } transferred${signatures ? `, ${signatures} signature(s)` : ""})`,
     );
   },
 };

@@ -344,3 +344,38 @@ Deno.test("a local artifact is signed in the store, verified there, and its sign
   ]);
   assert.equal(r.verified.length, 2);
 });
+
+Deno.test("ovm copy carries the signatures along, so the copy verifies", async () => {
+  resetCapabilities();
+  await using reg = await startRegistry();
+  await using tmp = await tempDir();
+  const { digest } = await packDummy(tmp.path, "demo/vm:1.0");
+  await pushFromStore(await ContentStore.open(tmp.path), "demo/vm:1.0", `${reg.host}/vms/demo:1.0`);
+  const key = await loadSigningKey(join(testdata, "cosign_ecdsa_encrypted.key"), {
+    passphrase: "123",
+  });
+  await signReference(`${reg.host}/vms/demo:1.0`, key);
+  const r = await ovm(
+    tmp.path,
+    "copy",
+    `${reg.host}/vms/demo:1.0`,
+    `${reg.host}/copy/demo:1.0`,
+    "--json",
+  );
+  assertExit(r, 0);
+  assert.equal(JSON.parse(r.stdout).signatures, 2);
+  const v = await verifyReference(`${reg.host}/copy/demo:1.0`, [key.publicKey]);
+  assert.equal(v.digest, digest);
+  // With --no-signatures the copy is unsigned.
+  const r2 = await ovm(
+    tmp.path,
+    "copy",
+    `${reg.host}/vms/demo:1.0`,
+    `${reg.host}/bare/demo:1.0`,
+    "--no-signatures",
+    "--json",
+  );
+  assertExit(r2, 0);
+  assert.equal(JSON.parse(r2.stdout).signatures, 0);
+  await assert.rejects(verifyReference(`${reg.host}/bare/demo:1.0`, [key.publicKey]));
+});
