@@ -5,6 +5,7 @@
  * `sha256-<hex>` referrers tag index up to date where the registry lacks the
  * referrers API; and read a blob whole with a size bound and digest check.
  */
+import { concatBytes } from "../util/bytes.ts";
 import { DigestMismatchError, ValidationError } from "../errors.ts";
 import {
   canonicalJson,
@@ -89,12 +90,7 @@ export async function fetchBlobBytes(
     }
     parts.push(chunk);
   }
-  const out = new Uint8Array(n);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
+  const out = concatBytes(parts);
   const actual = digestOf(out);
   if (actual !== desc.digest) {
     throw new DigestMismatchError(`blob from "${repo.registry}/${repo.name}"`, desc.digest, actual);

@@ -8,6 +8,7 @@
  * whose blobs are missing.
  */
 import { join } from "node:path";
+import { delay } from "../util/async.ts";
 import { AlreadyExistsError, DigestMismatchError, OvmError, ValidationError } from "../errors.ts";
 import {
   Annotations,
@@ -462,21 +463,6 @@ class BatchWriter {
     await this.#rotate();
     await this.#settle();
   }
-}
-
-function delay(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const t = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal!.reason);
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 // ---- a remote repository ----

@@ -7,6 +7,7 @@
  * `sha256-<hex>` tag schema where the registry lacks it, with the capability
  * cached per registry).
  */
+import { concatBytes } from "../util/bytes.ts";
 import { DigestMismatchError, NotFoundError, RegistryError, ValidationError } from "../errors.ts";
 import {
   type Descriptor,
@@ -712,13 +713,7 @@ export async function readBounded(res: Response, max: number): Promise<Uint8Arra
     if (n > max) throw new RangeError(`response body is over ${max} bytes`);
     parts.push(chunk);
   }
-  const out = new Uint8Array(n);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 function nextLink(res: Response, base: URL): URL | undefined {

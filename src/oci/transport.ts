@@ -10,6 +10,7 @@
  */
 import { OvmError, RegistryError } from "../errors.ts";
 import { USER_AGENT } from "../version.ts";
+import { delay } from "../util/async.ts";
 
 /** A request the transport may have to send more than once (retry, auth, redirect). */
 export interface HttpRequest {
@@ -124,7 +125,7 @@ export class RetryTransport implements Transport {
       let delayMs = Math.random() * backoff;
       if (retryAfter !== undefined) delayMs = Math.min(Math.max(retryAfter, delayMs), 60_000);
       this.#opts.onRetry?.({ attempt, delayMs, reason });
-      await sleep(delayMs, req.signal);
+      await delay(delayMs, req.signal);
     }
   }
 }
@@ -163,21 +164,6 @@ export class NetworkError extends RegistryError {
     super(message, { status: 0, cause: options.cause, hint: options.hint });
     this.tls = options.tls ?? false;
   }
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    signal?.throwIfAborted();
-    const t = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(t);
-      reject(signal!.reason);
-    };
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 // ---- authentication ----

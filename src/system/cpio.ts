@@ -4,6 +4,7 @@
  * sorted by path, mtime 0, owner 0:0, inode numbers assigned in order, so
  * the same inputs give the same bytes. The kernel unpacks newc only.
  */
+import { concatBytes } from "../util/bytes.ts";
 
 export type CpioEntry =
   | { type: "dir"; path: string; mode?: number }
@@ -112,11 +113,5 @@ export function writeCpio(entries: CpioEntry[]): Uint8Array {
     }
   }
   emit("TRAILER!!!", 0, new Uint8Array(), 0, 1);
-  const out = new Uint8Array(total);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.byteLength;
-  }
-  return out;
+  return concatBytes(parts);
 }
