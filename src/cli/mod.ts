@@ -26,6 +26,7 @@ import { keygenCommand } from "./keygen.ts";
 import { signCommand } from "./sign.ts";
 import { verifyCommand } from "./verify.ts";
 import { policyCommand } from "./policy.ts";
+import { runtimesCommand } from "./runtimes.ts";
 
 export const COMMANDS: Command[] = [
   packCommand,
@@ -44,6 +45,7 @@ export const COMMANDS: Command[] = [
   stopCommand,
   logsCommand,
   rmCommand,
+  runtimesCommand,
   keygenCommand,
   signCommand,
   verifyCommand,

@@ -24,6 +24,8 @@ import { bool, type Command, str, strs } from "./command.ts";
 import { parseEntrypointFlag } from "../convert/bootstrap.ts";
 import { enforcePolicy } from "../sign/mod.ts";
 import { POLICY_OPTION } from "./policy.ts";
+import { loadRuntimes, setRuntimePath } from "../vmm/mod.ts";
+import { reportColdStart } from "./runtimes.ts";
 
 function parseCpus(v: string | undefined): number {
   if (v === undefined) return 1;
@@ -52,17 +54,28 @@ export const runCommand: Command = {
     "under a per-instance writable overlay. CMD replaces the bootstrap config's cmd.\n" +
     "-p publishes a guest port on the host (default host address 127.0.0.1).",
   options: {
-    memory: { type: "string", short: "m", valueName: "SIZE", help: "Guest RAM", default: "512M" },
-    cpus: { type: "string", valueName: "N", help: "Virtual CPUs", default: "1" },
+    // No declared defaults: a snapshot restores with its recorded values, so
+    // only a value the user gave is checked against them.
+    memory: { type: "string", short: "m", valueName: "SIZE", help: "Guest RAM (default 512M)" },
+    cpus: { type: "string", valueName: "N", help: "Virtual CPUs (default 1)" },
     runtime: {
       type: "string",
       valueName: "NAME",
       help: "VMM adapter (default: the artifact's preferred runtime, else qemu)",
     },
-    accel: { type: "string", valueName: "MODE", help: "auto, kvm or tcg", default: "auto" },
+    "runtime-path": {
+      type: "string",
+      valueName: "PATH",
+      help: "The runtime's binary (default: its descriptor's, else PATH)",
+    },
+    accel: { type: "string", valueName: "MODE", help: "auto (default), kvm or tcg" },
+    cold: {
+      type: "boolean",
+      help: "Boot an artifact that has a RAM snapshot instead of restoring it",
+    },
     detach: { type: "boolean", short: "d", help: "Run in the background and print the id" },
     name: { type: "string", valueName: "ID", help: "Instance id ([a-z0-9-], up to 64)" },
-    net: { type: "string", valueName: "MODE", help: "user or none", default: "user" },
+    net: { type: "string", valueName: "MODE", help: "user (default) or none" },
     publish: {
       type: "string",
       short: "p",
@@ -131,14 +144,28 @@ export const runCommand: Command = {
       policyFile: str(input, "policy"),
       warn: (m) => ctx.out.warn(m),
     });
+    // Runtimes (issue 10): descriptors in $OVM_HOME/runtimes, --runtime-path, cold-start target.
+    await loadRuntimes(ctx.home);
+    const runtimePath = str(input, "runtime-path");
+    if (runtimePath !== undefined) {
+      if (!str(input, "runtime")) {
+        throw new ValidationError("--runtime-path needs --runtime", {
+          hint: "name the runtime the binary is for, e.g. --runtime cherrybomb",
+        });
+      }
+      setRuntimePath(str(input, "runtime")!, runtimePath);
+    }
+    const startedAt = performance.now();
+    const given = (k: string) => str(input, k) !== undefined;
     const started = await startInstance(store, admitted?.pinned ?? ref, {
-      memoryBytes,
-      cpus,
+      memoryBytes: given("memory") ? memoryBytes : undefined,
+      cpus: given("cpus") ? cpus : undefined,
       runtime: str(input, "runtime"),
-      accel,
+      accel: given("accel") ? accel : undefined,
+      cold: bool(input, "cold"),
       detach,
       name,
-      net,
+      net: given("net") ? net : undefined,
       publish,
       cmd: cmd.length ? cmd : undefined,
       entrypoint: str(input, "entrypoint") === undefined
@@ -153,6 +180,10 @@ export const runCommand: Command = {
         : undefined,
     });
     const id = started.state.id;
+    await reportColdStart(store, started.state.manifestDigest, performance.now() - startedAt, {
+      note: (m) => ctx.out.info(m),
+      warn: (m) => ctx.out.warn(m),
+    }).catch(() => {});
     for (const d of started.state.devices) {
       // QEMU places BARs itself: say where the region really is (spec 7.5).
       ctx.out.info(

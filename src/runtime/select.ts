@@ -18,6 +18,14 @@ export async function selectAdapter(
     if (!av.ok) {
       throw new NotFoundError(`Runtime "${options.requested}" cannot run here: ${av.reason}`);
     }
+    // The hint is advisory: an explicit --runtime outside it runs, with a warning.
+    const preferred = manifest.runtimeHints?.preferredRuntime ?? [];
+    if (preferred.length && !preferred.includes(options.requested)) {
+      options.warn?.(
+        `the artifact prefers ${preferred.map((p) => `"${p}"`).join(", ")}, ` +
+          `not "${options.requested}"; running on "${options.requested}" as asked`,
+      );
+    }
     return a;
   }
   const known = adapterNames();

@@ -1,0 +1,84 @@
+/**
+ * @module
+ * `ovm runtimes`: every VM runtime this ovm knows — coded adapters, built-in
+ * descriptors and `$OVM_HOME/runtimes/*.json` — whether its binary is
+ * found, its version, and what it can do. Also the cold-start report of
+ * `ovm run` (the manifest's `runtimeHints.coldStartTargetMs`).
+ */
+import type { ContentStore } from "../store/mod.ts";
+import { loadArtifact } from "../store/mod.ts";
+import { adapterNames, getAdapter, loadRuntimes } from "../vmm/mod.ts";
+import { CliRuntimeAdapter } from "../vmm/descriptor/mod.ts";
+import type { AdapterCapabilities } from "../vmm/adapter.ts";
+import type { Command } from "./command.ts";
+
+export interface RuntimeInfo {
+  name: string;
+  kind: "adapter" | "descriptor";
+  installed: boolean;
+  version?: string;
+  reason?: string;
+  capabilities: AdapterCapabilities;
+}
+
+/** Probes every known runtime (`available()` of each; descriptors run their version probe). */
+export async function listRuntimes(home: string): Promise<RuntimeInfo[]> {
+  await loadRuntimes(home);
+  const out: RuntimeInfo[] = [];
+  for (const name of adapterNames()) {
+    const a = getAdapter(name);
+    const av = await a.available();
+    out.push({
+      name,
+      kind: a instanceof CliRuntimeAdapter ? "descriptor" : "adapter",
+      installed: av.ok,
+      ...(av.ok ? { version: av.version } : { reason: av.reason }),
+      capabilities: a.capabilities,
+    });
+  }
+  return out;
+}
+
+export const runtimesCommand: Command = {
+  name: "runtimes",
+  summary: "List the VM runtimes, whether each is installed, and what each can do",
+  usage: "runtimes [--json]",
+  description: "Runtimes are coded adapters (qemu, cloud-hypervisor, firecracker) and runtime\n" +
+    "descriptors: built-in ones (cherrybomb) and $OVM_HOME/runtimes/*.json.",
+  async run(ctx) {
+    const list = await listRuntimes(ctx.home);
+    ctx.out.result(list);
+    ctx.out.table(
+      ["NAME", "KIND", "INSTALLED", "VERSION", "DEVICES", "SNAPSHOTS", "PAUSE", "NETWORK"],
+      list.map((r) => [
+        r.name,
+        r.kind,
+        r.installed ? "yes" : "no",
+        r.version ?? "-",
+        r.capabilities.devices.join(",") || "-",
+        r.capabilities.snapshotKinds.join(",") || "-",
+        r.capabilities.pause ? "yes" : "no",
+        r.capabilities.network.join(","),
+      ]),
+    );
+    for (const r of list) if (!r.installed) ctx.out.info(`${r.name}: ${r.reason}`);
+  },
+};
+
+/**
+ * Logs the measured start (until the guest's first console output) against
+ * the manifest's `runtimeHints.coldStartTargetMs`; a miss is a warning.
+ */
+export async function reportColdStart(
+  store: ContentStore,
+  manifestDigest: string,
+  ms: number,
+  options: { note: (m: string) => void; warn: (m: string) => void },
+): Promise<void> {
+  const target = (await loadArtifact(store, manifestDigest)).manifest.runtimeHints
+    ?.coldStartTargetMs;
+  if (target === undefined) return;
+  const took = Math.round(ms);
+  if (took <= target) options.note(`cold start took ${took} ms (target ${target} ms)`);
+  else options.warn(`cold start took ${took} ms, over the artifact's target of ${target} ms`);
+}

@@ -1,0 +1,319 @@
+/**
+ * @module
+ * The Cloud Hypervisor backend: `cloud-hypervisor --api-socket <path>` driven
+ * through its REST API (`/api/v1/vm.create`, `vm.boot`, `vm.info`,
+ * `vm.pause`/`vm.resume`, `vm.snapshot`/`vm.restore`, `vm.shutdown`,
+ * `vmm.shutdown`). Cloud Hypervisor cannot read an image at an offset inside
+ * a tar, so the layers are copied into the VM directory and chained by
+ * backing names ovm writes; `backing_files` is enabled for that chain only.
+ */
+import { join } from "node:path";
+import { ValidationError, VmmError } from "../../errors.ts";
+import { which } from "../../process/mod.ts";
+import type {
+  AdapterCapabilities,
+  SnapshotFiles,
+  SnapshotKind,
+  StartedVm,
+  StopResult,
+  VmHandle,
+  VmmAdapter,
+  VmSpec,
+  VmStatus,
+} from "../adapter.ts";
+import { createOverlayOn, materializeLayers } from "../descriptor/chain_files.ts";
+import { HttpUnixClient, killVmm, launchApiVmm, vmmAlive, waitGone } from "../http_unix.ts";
+
+export const CH_SOCKET_NAME = "ch.sock";
+export const CH_LOG_NAME = "cloud-hypervisor.log";
+const ADAPTER = "cloud-hypervisor";
+
+export interface CloudHypervisorOptions {
+  /** Default `$OVM_CLOUD_HYPERVISOR` or `cloud-hypervisor` on PATH. */
+  binary?: string;
+  qemuImg?: string;
+}
+
+/** The `vm.create` body for a spec (pure; the contract test checks it against the OpenAPI file). */
+export function vmConfig(spec: VmSpec): Record<string, unknown> {
+  const disks: Record<string, unknown>[] = [];
+  if (spec.rootDisk) {
+    disks.push({
+      id: "root",
+      path: spec.rootDisk.overlay,
+      readonly: false,
+      image_type: "Qcow2",
+      // The overlay's backing chain is the layer copies ovm wrote next to it.
+      backing_files: true,
+    });
+  }
+  for (const [i, d] of spec.extraDisks.entries()) {
+    disks.push({ id: `extra${i}`, path: d.path, readonly: d.readOnly, image_type: "Raw" });
+  }
+  return {
+    payload: {
+      kernel: spec.kernel,
+      ...(spec.initrd ? { initramfs: spec.initrd } : {}),
+      cmdline: spec.cmdline,
+    },
+    cpus: { boot_vcpus: spec.cpus, max_vcpus: spec.cpus },
+    memory: { size: spec.memoryBytes, shared: true },
+    ...(disks.length ? { disks } : {}),
+    serial: { mode: "File", file: spec.consoleLog },
+    console: { mode: "Off" },
+  };
+}
+
+export class CloudHypervisorAdapter implements VmmAdapter {
+  readonly name = ADAPTER;
+  readonly capabilities: AdapterCapabilities = {
+    devices: [],
+    snapshotKinds: ["ram"],
+    diskFormats: ["qcow2", "raw"],
+    network: ["none"],
+    pause: true,
+  };
+  readonly #binary: string;
+  readonly #qemuImg: string;
+
+  constructor(options: CloudHypervisorOptions = {}) {
+    this.#binary = options.binary ?? Deno.env.get("OVM_CLOUD_HYPERVISOR") ?? "cloud-hypervisor";
+    this.#qemuImg = options.qemuImg ?? "qemu-img";
+  }
+
+  async available(): Promise<{ ok: true; version: string } | { ok: false; reason: string }> {
+    if (!(await which(this.#binary))) {
+      return { ok: false, reason: `"${this.#binary}" is not installed` };
+    }
+    return { ok: true, version: "unknown" };
+  }
+
+  #check(spec: VmSpec): void {
+    for (const d of spec.devices) {
+      throw new ValidationError(`Device type "${d.type}" is not supported by cloud-hypervisor`, {
+        hint: `device "${d.name}" needs ivshmem, which Cloud Hypervisor lacks: use --runtime qemu`,
+      });
+    }
+    if (!this.capabilities.network.includes(spec.network.mode)) {
+      throw new ValidationError(
+        `Network mode "${spec.network.mode}" is not supported by cloud-hypervisor`,
+        { hint: "use --net none (Cloud Hypervisor networks through TAP devices only)" },
+      );
+    }
+  }
+
+  async prepare(spec: VmSpec): Promise<void> {
+    this.#check(spec);
+    await Deno.mkdir(spec.vmDir, { recursive: true, mode: 0o700 });
+    if (spec.rootDisk) {
+      const top = spec.rootDisk.layers.at(-1);
+      if (!top) throw new ValidationError("The root disk has no layers");
+      const opts = { adapter: ADAPTER, qemuImg: this.#qemuImg };
+      const layers = await materializeLayers(spec.rootDisk.layers, spec.vmDir, opts);
+      await createOverlayOn(layers.at(-1)!, spec.rootDisk.overlay, {
+        ...opts,
+        virtualSize: top.virtualSize,
+      });
+    }
+    await Deno.writeFile(spec.consoleLog, new Uint8Array(), { append: true, mode: 0o640 });
+  }
+
+  async #launch(spec: VmSpec, signal?: AbortSignal) {
+    const bin = (await which(this.#binary)) ?? this.#binary;
+    const socket = join(spec.vmDir, CH_SOCKET_NAME);
+    return await launchApiVmm(ADAPTER, bin, {
+      args: ["--api-socket", socket],
+      socket,
+      cwd: spec.vmDir,
+      logFile: join(spec.vmDir, CH_LOG_NAME),
+      runtimeFiles: [],
+      signal,
+    });
+  }
+
+  async start(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<StartedVm> {
+    this.#check(spec);
+    const vm = await this.#launch(spec, options.signal);
+    try {
+      using api = client(vm.handle);
+      await api.request("PUT", "/vm.create", { body: vmConfig(spec), step: "vm.create" });
+      await api.request("PUT", "/vm.boot", { step: "vm.boot" });
+    } catch (e) {
+      await killVmm(ADAPTER, vm.handle).catch(() => {});
+      throw e;
+    }
+    return { handle: vm.handle, exited: vm.exited, release: () => vm.proc.child.unref() };
+  }
+
+  async status(handle: VmHandle): Promise<VmStatus> {
+    if (!(await vmmAlive(handle))) return { state: "stopped", detail: "no process" };
+    try {
+      using api = client(handle);
+      const info = (await api.request("GET", "/vm.info", { step: "vm.info", timeoutMs: 3000 }))
+        .body as { state?: string };
+      const s = info?.state;
+      const state = s === "Running"
+        ? "running"
+        : s === "Paused"
+        ? "paused"
+        : s === "Shutdown"
+        ? "stopping"
+        : "starting";
+      return { state, detail: s };
+    } catch (e) {
+      return { state: "error", detail: "unreachable", reason: (e as Error).message };
+    }
+  }
+
+  guestActive(_handle: VmHandle): Promise<boolean> {
+    return Promise.resolve(false);
+  }
+
+  async pause(handle: VmHandle): Promise<void> {
+    using api = client(handle);
+    await api.request("PUT", "/vm.pause", { step: "vm.pause" });
+  }
+
+  async resume(handle: VmHandle): Promise<void> {
+    using api = client(handle);
+    await api.request("PUT", "/vm.resume", { step: "vm.resume" });
+  }
+
+  async stop(
+    handle: VmHandle,
+    options: { timeoutMs?: number; force?: boolean } = {},
+  ): Promise<StopResult> {
+    try {
+      if (!(await vmmAlive(handle))) return { how: "already-stopped" };
+      using api = client(handle);
+      if (!options.force) {
+        const info = await api.request("GET", "/vm.info", { step: "vm.info", timeoutMs: 3000 })
+          .catch(() => undefined);
+        if ((info?.body as { state?: string })?.state === "Paused") {
+          await api.request("PUT", "/vm.resume", { step: "vm.resume" }).catch(() => {});
+        }
+        // ACPI power button: ovms-init and systemd power off on it.
+        await api.request("PUT", "/vm.power-button", { step: "vm.power-button" }).catch(() => {});
+        if (await waitGone(handle, options.timeoutMs ?? 10_000)) return { how: "poweroff" };
+      }
+      await api.request("PUT", "/vm.shutdown", { step: "vm.shutdown", timeoutMs: 3000 })
+        .catch(() => {});
+      await api.request("PUT", "/vmm.shutdown", { step: "vmm.shutdown", timeoutMs: 3000 })
+        .catch(() => {});
+      if (await waitGone(handle, 3000)) return { how: "quit" };
+      await killVmm(ADAPTER, handle);
+      return { how: "killed" };
+    } finally {
+      for (const f of [...handle.runtimeFiles, handle.controlSocket]) {
+        await Deno.remove(f).catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * Pauses the VM and snapshots it into `dest/ch/` (Cloud Hypervisor writes
+   * `config.json`, `state.json` and `memory-ranges`). The guest RAM section
+   * is `memory-ranges`; the device-state section is `dest/device-state`, a
+   * JSON object holding the two JSON files by name.
+   */
+  async snapshot(
+    handle: VmHandle,
+    options: { kind: SnapshotKind; dest: string; signal?: AbortSignal },
+  ): Promise<SnapshotFiles> {
+    if (options.kind !== "ram") {
+      throw new VmmError(ADAPTER, "snapshot", `"${options.kind}" snapshots are not supported`);
+    }
+    using api = client(handle);
+    const ping = await api.request("GET", "/vmm.ping", { step: "vmm.ping" });
+    const info = await api.request("GET", "/vm.info", { step: "vm.info" });
+    const vmInfo = info.body as { state: string; config: { memory?: { size?: number } } };
+    if (vmInfo.state !== "Paused") await api.request("PUT", "/vm.pause", { step: "vm.pause" });
+    const dir = join(options.dest, "ch");
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    await api.request("PUT", "/vm.snapshot", {
+      body: { destination_url: `file://${dir}` },
+      step: "vm.snapshot",
+      timeoutMs: 600_000,
+      signal: options.signal,
+    });
+    const files: Record<string, string> = {};
+    for (const n of ["config.json", "state.json"]) {
+      files[n] = await Deno.readTextFile(join(dir, n)).catch((e) => {
+        throw new VmmError(ADAPTER, "vm.snapshot", `the snapshot has no ${n}`, { cause: e });
+      });
+    }
+    const deviceState = join(options.dest, "device-state");
+    await Deno.writeTextFile(deviceState, JSON.stringify({ format: "cloud-hypervisor", files }));
+    const memory = join(dir, "memory-ranges");
+    const st = await Deno.stat(memory).catch((e) => {
+      throw new VmmError(ADAPTER, "vm.snapshot", "the snapshot has no memory-ranges", { cause: e });
+    });
+    return {
+      memory,
+      memoryBytes: vmInfo.config.memory?.size ?? st.size,
+      deviceState,
+      vmmVersion: (ping.body as { version: string }).version,
+    };
+  }
+
+  /**
+   * Restores from `source/device-state` and the memory template
+   * (`spec.memory.path`): the snapshot directory is rebuilt in the VM
+   * directory with this instance's paths written into `config.json`, then
+   * `vm.restore` loads it and resumes the guest.
+   */
+  async restore(
+    spec: VmSpec,
+    options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
+  ): Promise<StartedVm> {
+    if (options.kind !== "ram") {
+      throw new VmmError(ADAPTER, "restore", `"${options.kind}" snapshots are not supported`);
+    }
+    if (!spec.memory) throw new VmmError(ADAPTER, "restore", "no memory template was given");
+    this.#check(spec);
+    let saved: { format?: string; files?: Record<string, string> };
+    try {
+      saved = JSON.parse(await Deno.readTextFile(join(options.source, "device-state")));
+    } catch (e) {
+      throw new VmmError(ADAPTER, "restore", "the snapshot's device state is unreadable", {
+        cause: e,
+      });
+    }
+    if (saved.format !== "cloud-hypervisor" || !saved.files?.["config.json"]) {
+      throw new VmmError(
+        ADAPTER,
+        "restore",
+        "the device state was not written by cloud-hypervisor",
+      );
+    }
+    const dir = join(spec.vmDir, "ch-restore");
+    await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+    const config = JSON.parse(saved.files["config.json"]);
+    const fresh = vmConfig(spec);
+    // Same machine, this instance's files.
+    config.payload = { ...config.payload, ...(fresh.payload as object) };
+    config.disks = fresh.disks ?? null;
+    config.serial = fresh.serial;
+    await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(config));
+    await Deno.writeTextFile(join(dir, "state.json"), saved.files["state.json"] ?? "{}");
+    await Deno.symlink(spec.memory.path, join(dir, "memory-ranges"));
+    const vm = await this.#launch(spec, options.signal);
+    try {
+      using api = client(vm.handle);
+      await api.request("PUT", "/vm.restore", {
+        body: { source_url: `file://${dir}`, resume: true },
+        step: "vm.restore",
+        timeoutMs: 600_000,
+        signal: options.signal,
+      });
+    } catch (e) {
+      await killVmm(ADAPTER, vm.handle).catch(() => {});
+      throw e;
+    }
+    return { handle: vm.handle, exited: vm.exited, release: () => vm.proc.child.unref() };
+  }
+}
+
+function client(handle: VmHandle): HttpUnixClient {
+  return new HttpUnixClient(handle.controlSocket, { adapter: ADAPTER, basePath: "/api/v1" });
+}

@@ -1,0 +1,5 @@
+/**
+ * @module
+ * The Cloud Hypervisor backend (REST API over a UNIX socket).
+ */
+export * from "./adapter.ts";

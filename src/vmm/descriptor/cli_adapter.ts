@@ -1,0 +1,421 @@
+/**
+ * @module
+ * The generic adapter for VMMs driven by their command line: a
+ * {@linkcode RuntimeDescriptor} says which flags carry the kernel, initrd,
+ * disks, RAM snapshot, devices and kernel command line; this adapter turns a
+ * VM spec into that argv, starts the binary in its own session with its
+ * stdout and stderr appended to the instance console log, and stops it by
+ * signal (then SIGKILL after the descriptor's timeout).
+ */
+import { join } from "node:path";
+import { ValidationError, VmmError } from "../../errors.ts";
+import { lockFileInMemory } from "../../../ffi/mod.ts";
+import { processStartTime, run, signalPid, spawn, which } from "../../process/mod.ts";
+import { decodeRamsnap } from "../../snapshot/mod.ts";
+import type {
+  AdapterCapabilities,
+  DeviceStatus,
+  SnapshotKind,
+  StartedVm,
+  StopResult,
+  VmHandle,
+  VmmAdapter,
+  VmSpec,
+  VmStatus,
+} from "../adapter.ts";
+import { createOverlayOn, flattenToRaw, materializeLayers } from "./chain_files.ts";
+import { expand, type RuntimeDescriptor } from "./schema.ts";
+
+export interface CliAdapterOptions {
+  /** The binary, overriding the descriptor (`--runtime-path`). */
+  binary?: string;
+  qemuImg?: string;
+  /** How long a start waits for the binary to fail at once. Default 500 ms. */
+  startGraceMs?: number;
+}
+
+/** Extra restore options a CLI runtime honours (from the manifest's `ramSnapshot`). */
+export interface RamRestoreOptions {
+  kind: SnapshotKind;
+  /** The ramsnap blob (section 8). */
+  source: string;
+  /** `preload_hint`: decode the memory image onto tmpfs (`/dev/shm`). */
+  preload?: boolean;
+  /** `mlock_required`: lock the decoded memory image in RAM while ovm waits on the VM. */
+  mlock?: boolean;
+  signal?: AbortSignal;
+}
+
+/** Files prepared for one VM: what the `disk` and `ramSnapshot` mappings receive. */
+export interface PreparedFiles {
+  disks: { path: string; format: "qcow2" | "raw"; readOnly: boolean }[];
+  ramSnapshot?: { path: string; size: number };
+}
+
+export class CliRuntimeAdapter implements VmmAdapter {
+  readonly name: string;
+  readonly capabilities: AdapterCapabilities;
+  readonly descriptor: RuntimeDescriptor;
+  readonly #binary?: string;
+  readonly #qemuImg: string;
+  readonly #graceMs: number;
+
+  constructor(descriptor: RuntimeDescriptor, options: CliAdapterOptions = {}) {
+    this.descriptor = descriptor;
+    this.name = descriptor.name;
+    this.#binary = options.binary;
+    this.#qemuImg = options.qemuImg ?? "qemu-img";
+    this.#graceMs = options.startGraceMs ?? 500;
+    this.capabilities = {
+      devices: descriptor.args.devices.ivshmem ? ["ivshmem"] : [],
+      snapshotKinds: descriptor.args.ramSnapshot ? ["ram"] : [],
+      diskFormats: ["qcow2", "raw"],
+      network: descriptor.network,
+      pause: false,
+    };
+  }
+
+  /** The binary to run: `--runtime-path`, else the descriptor's path or name on PATH. */
+  async binary(): Promise<string | undefined> {
+    return await which(this.#binary ?? this.descriptor.binary);
+  }
+
+  async available(): Promise<{ ok: true; version: string } | { ok: false; reason: string }> {
+    const wanted = this.#binary ?? this.descriptor.binary;
+    const bin = await which(wanted);
+    if (!bin) {
+      return {
+        ok: false,
+        reason: `"${wanted}" is not installed (put it on PATH or pass --runtime-path)`,
+      };
+    }
+    const r = await run(bin, this.descriptor.version.args, { allowFailure: true }).catch(() =>
+      undefined
+    );
+    const m = r ? new RegExp(this.descriptor.version.pattern).exec(r.stdout + r.stderr) : null;
+    return { ok: true, version: m?.[1] ?? "unknown" };
+  }
+
+  #check(spec: VmSpec): void {
+    const mapped = this.descriptor.args.devices as Record<string, string[] | undefined>;
+    for (const d of spec.devices) {
+      if (!mapped[d.type]) {
+        throw new ValidationError(
+          `Device type "${d.type}" is not mapped by the ${this.name} runtime descriptor`,
+          { hint: `mapped device types: ${Object.keys(mapped).join(", ") || "none"}` },
+        );
+      }
+    }
+    if (!this.descriptor.network.includes(spec.network.mode)) {
+      throw new ValidationError(
+        `Network mode "${spec.network.mode}" is not supported by ${this.name}`,
+        { hint: `use --net ${this.descriptor.network.join(" or --net ")}` },
+      );
+    }
+    if (spec.initrd && !this.descriptor.args.initrd) {
+      throw new ValidationError(
+        `The artifact has an initrd, but the ${this.name} runtime descriptor maps no initrd flag`,
+      );
+    }
+  }
+
+  async prepare(spec: VmSpec): Promise<void> {
+    this.#check(spec);
+    await Deno.mkdir(spec.vmDir, { recursive: true, mode: 0o700 });
+    await this.#prepareDisks(spec);
+    await Deno.writeFile(spec.consoleLog, new Uint8Array(), { append: true, mode: 0o640 });
+  }
+
+  /** Disk files live in `vmDir`; see {@linkcode diskFiles} for their order. */
+  async #prepareDisks(spec: VmSpec): Promise<void> {
+    if (!spec.rootDisk) return;
+    const top = spec.rootDisk.layers.at(-1);
+    if (!top) throw new ValidationError("The root disk has no layers");
+    const opts = { adapter: this.name, qemuImg: this.#qemuImg };
+    if (this.descriptor.disks === "flat-raw") {
+      await flattenToRaw(spec.rootDisk.layers, join(spec.vmDir, "root.raw"), opts);
+      return;
+    }
+    const layers = await materializeLayers(spec.rootDisk.layers, spec.vmDir, opts);
+    await createOverlayOn(layers.at(-1)!, spec.rootDisk.overlay, {
+      ...opts,
+      virtualSize: top.virtualSize,
+    });
+  }
+
+  /** The disks in the order the binary gets them. */
+  diskFiles(spec: VmSpec): PreparedFiles["disks"] {
+    const out: PreparedFiles["disks"] = [];
+    if (spec.rootDisk) {
+      if (this.descriptor.disks === "flat-raw") {
+        out.push({ path: join(spec.vmDir, "root.raw"), format: "raw", readOnly: false });
+      } else {
+        for (const [i, l] of spec.rootDisk.layers.entries()) {
+          out.push({
+            path: join(spec.vmDir, `layer-${i}.${l.format}`),
+            format: l.format,
+            readOnly: true,
+          });
+        }
+        out.push({ path: spec.rootDisk.overlay, format: "qcow2", readOnly: false });
+      }
+    }
+    for (const d of spec.extraDisks) {
+      out.push({ path: d.path, format: "raw", readOnly: d.readOnly });
+    }
+    return out;
+  }
+
+  /** The argv after the binary: pure, from the spec and the prepared files. */
+  buildArgs(spec: VmSpec, files: PreparedFiles): string[] {
+    this.#check(spec);
+    const a = this.descriptor.args;
+    const args = [...(a.prefix ?? [])];
+    args.push(...expand(a.kernel, { path: spec.kernel }));
+    if (spec.initrd && a.initrd) args.push(...expand(a.initrd, { path: spec.initrd }));
+    for (const d of files.disks) {
+      args.push(
+        ...expand(a.disk, { path: d.path, format: d.format, readonly: String(d.readOnly) }),
+      );
+    }
+    if (files.ramSnapshot) {
+      if (!a.ramSnapshot) {
+        throw new VmmError(
+          this.name,
+          "restore",
+          "the runtime descriptor maps no RAM snapshot flag",
+        );
+      }
+      args.push(...expand(a.ramSnapshot, files.ramSnapshot));
+    }
+    if (a.memory) {
+      args.push(...expand(a.memory, { bytes: spec.memoryBytes, mib: spec.memoryBytes >> 20 }));
+    }
+    if (a.cpus) args.push(...expand(a.cpus, { count: spec.cpus }));
+    for (const d of spec.devices) {
+      const tpl = (a.devices as Record<string, string[] | undefined>)[d.type]!;
+      args.push(...expand(tpl, { name: d.name, size: d.size, mmio_addr: d.mmio_addr }));
+    }
+    args.push(...expand(a.cmdline, { cmdline: spec.cmdline }));
+    return args;
+  }
+
+  start(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<StartedVm> {
+    return this.#launch(spec, { disks: this.diskFiles(spec) }, [], options.signal);
+  }
+
+  async #launch(
+    spec: VmSpec,
+    files: PreparedFiles,
+    runtimeFiles: string[],
+    signal?: AbortSignal,
+    onExit?: () => void,
+  ): Promise<StartedVm> {
+    const bin = await this.binary();
+    if (!bin) {
+      throw new VmmError(
+        this.name,
+        "start",
+        `"${this.#binary ?? this.descriptor.binary}" not found`,
+        {
+          hint: "put the binary on PATH, name it in the descriptor, or pass --runtime-path",
+        },
+      );
+    }
+    const args = this.buildArgs(spec, files);
+    const proc = spawn(bin, args, {
+      cwd: spec.vmDir,
+      newSession: true,
+      outputFile: spec.consoleLog,
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    });
+    const handle: VmHandle = {
+      adapter: this.name,
+      pid: proc.pid,
+      pidStartTime: await processStartTime(proc.pid),
+      controlSocket: "",
+      runtimeFiles,
+      devices: spec.devices.map((d): DeviceStatus => ({
+        type: d.type,
+        name: d.name,
+        size: d.size,
+        mmioAddr: d.mmio_addr,
+        guestLocation: `${this.name} --addr ${d.mmio_addr}`,
+      })),
+      argv: [bin, ...args],
+    };
+    const exited = proc.status.then((s) => {
+      onExit?.();
+      return { code: s.code, ...(s.signal ? { signal: s.signal } : {}) };
+    });
+    // A binary that refuses its flags exits at once, and its complaint lands
+    // in the console log: catch that here, not as "the guest printed something".
+    const deadline = Date.now() + this.#graceMs;
+    while (Date.now() < deadline) {
+      if (proc.exited) {
+        const tail = await tailFile(spec.consoleLog, 20);
+        await removeFiles(handle);
+        throw new VmmError(
+          this.name,
+          "start",
+          `${bin} exited at once with code ${proc.exited.code}`,
+          { hint: tail ? `it said:\n${tail}` : "it printed nothing" },
+        );
+      }
+      if (signal?.aborted) {
+        await proc.stop(1000);
+        await removeFiles(handle);
+        throw signal.reason;
+      }
+      await sleep(10);
+    }
+    return { handle, exited, release: () => proc.child.unref() };
+  }
+
+  async #alive(handle: VmHandle): Promise<boolean> {
+    const st = await processStartTime(handle.pid);
+    if (st === undefined) return false;
+    return handle.pidStartTime === undefined || st === handle.pidStartTime;
+  }
+
+  async status(handle: VmHandle): Promise<VmStatus> {
+    return (await this.#alive(handle))
+      ? { state: "running", detail: "process running" }
+      : { state: "stopped", detail: "no process" };
+  }
+
+  guestActive(_handle: VmHandle): Promise<boolean> {
+    // A CLI runtime has no control channel to ask; the console is the only sign.
+    return Promise.resolve(false);
+  }
+
+  pause(_handle: VmHandle): Promise<void> {
+    return Promise.reject(new VmmError(this.name, "pause", "this runtime cannot pause a VM"));
+  }
+
+  resume(_handle: VmHandle): Promise<void> {
+    return Promise.reject(new VmmError(this.name, "resume", "this runtime cannot resume a VM"));
+  }
+
+  async stop(
+    handle: VmHandle,
+    options: { timeoutMs?: number; force?: boolean } = {},
+  ): Promise<StopResult> {
+    try {
+      if (!(await this.#alive(handle))) return { how: "already-stopped" };
+      if (!options.force) {
+        signalPid(handle.pid, this.descriptor.stop.signal);
+        if (await this.#waitGone(handle, options.timeoutMs ?? this.descriptor.stop.timeoutMs)) {
+          return { how: "quit" };
+        }
+      }
+      signalPid(handle.pid, "SIGKILL");
+      if (!(await this.#waitGone(handle, 5000))) {
+        throw new VmmError(this.name, "stop", `process ${handle.pid} survived SIGKILL`);
+      }
+      return { how: "killed" };
+    } finally {
+      await removeFiles(handle);
+    }
+  }
+
+  async #waitGone(handle: VmHandle, ms: number): Promise<boolean> {
+    const deadline = Date.now() + ms;
+    while (Date.now() < deadline) {
+      if (!(await this.#alive(handle))) return true;
+      await sleep(50);
+    }
+    return !(await this.#alive(handle));
+  }
+
+  snapshot(_handle: VmHandle, options: { kind: SnapshotKind }): Promise<never> {
+    return Promise.reject(
+      new VmmError(this.name, "snapshot", `a CLI runtime cannot take "${options.kind}" snapshots`),
+    );
+  }
+
+  /**
+   * Starts the VM from a ramsnap blob: the memory section is decoded first
+   * (onto `/dev/shm` when `preload`), locked in RAM when `mlock`, and handed
+   * to the binary through the descriptor's `ramSnapshot` mapping.
+   */
+  async restore(spec: VmSpec, options: RamRestoreOptions): Promise<StartedVm> {
+    if (options.kind !== "ram" || !this.descriptor.args.ramSnapshot) {
+      throw new VmmError(this.name, "restore", `"${options.kind}" snapshots are not mapped`);
+    }
+    const st = await Deno.stat(options.source).catch((e) => {
+      throw new VmmError(this.name, "restore", `no snapshot at "${options.source}"`, { cause: e });
+    });
+    if (st.isDirectory) {
+      // The runtime decoded (and preloaded, and locked) the memory image already.
+      if (!spec.memory) throw new VmmError(this.name, "restore", "no memory template was given");
+      const size = (await Deno.stat(spec.memory.path)).size;
+      return await this.#launch(
+        spec,
+        {
+          disks: this.diskFiles(spec),
+          ramSnapshot: { path: spec.memory.path, size },
+        },
+        [],
+        options.signal,
+      );
+    }
+    const memory = options.preload ? `/dev/shm/ovm-${spec.id}-ram` : join(spec.vmDir, "ram.mem");
+    const deviceState = join(spec.vmDir, "device-state");
+    let header;
+    try {
+      header = await decodeRamsnap(options.source, { memory, "device-state": deviceState }, {
+        limits: { memory: spec.memoryBytes },
+        signal: options.signal,
+      });
+    } catch (e) {
+      throw new VmmError(this.name, "restore", "decoding the RAM snapshot failed", { cause: e });
+    }
+    const size = header.sections.find((s) => s.name === "memory")?.size ?? 0;
+    let lock: Disposable | undefined;
+    if (options.mlock) {
+      try {
+        lock = lockFileInMemory(memory, size);
+      } catch (e) {
+        await Deno.remove(memory).catch(() => {});
+        await Deno.remove(deviceState).catch(() => {});
+        throw new VmmError(this.name, "restore", "locking the RAM snapshot in memory failed", {
+          cause: e,
+        });
+      }
+    }
+    try {
+      return await this.#launch(
+        spec,
+        { disks: this.diskFiles(spec), ramSnapshot: { path: memory, size } },
+        [memory, deviceState],
+        options.signal,
+        () => lock?.[Symbol.dispose](),
+      );
+    } catch (e) {
+      lock?.[Symbol.dispose]();
+      await Deno.remove(memory).catch(() => {});
+      await Deno.remove(deviceState).catch(() => {});
+      throw e;
+    }
+  }
+}
+
+async function removeFiles(handle: VmHandle): Promise<void> {
+  for (const f of handle.runtimeFiles) await Deno.remove(f).catch(() => {});
+}
+
+export async function tailFile(path: string, lines: number): Promise<string> {
+  try {
+    const text = await Deno.readTextFile(path);
+    return text.trimEnd().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "";
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
