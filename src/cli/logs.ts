@@ -3,16 +3,35 @@
  * `ovm logs`: prints an instance's console log; `-f` follows it until the VM ends.
  */
 import { followConsole, getInstance, instancePaths, isActive } from "../runtime/mod.ts";
-import { bool, type Command } from "./command.ts";
+import { findServer, SOCKET_OPTION } from "../api/client.ts";
+import { bool, type Command, str } from "./command.ts";
 
 export const logsCommand: Command = {
   name: "logs",
   summary: "Print the console of an instance",
   usage: "logs [-f] <id>",
-  options: { follow: { type: "boolean", short: "f", help: "Keep printing until the VM ends" } },
+  options: {
+    follow: { type: "boolean", short: "f", help: "Keep printing until the VM ends" },
+    socket: SOCKET_OPTION,
+  },
   args: { min: 1, max: 1, names: "ID" },
   async run(ctx, input) {
     const id = input.args[0];
+    using server = await findServer({ socket: str(input, "socket"), env: ctx.env, home: ctx.home });
+    if (server) {
+      const enc = new TextEncoder();
+      const records = server.logs(id, { follow: bool(input, "follow"), signal: ctx.signal });
+      try {
+        for await (const rec of records) {
+          const b = enc.encode(rec.line + "\n");
+          let off = 0;
+          while (off < b.byteLength) off += ctx.out.stdout.writeSync(b.subarray(off));
+        }
+      } catch (e) {
+        if (!ctx.signal.aborted) throw e;
+      }
+      return;
+    }
     await getInstance(ctx.home, id);
     const follow = bool(input, "follow");
     let lastCheck = 0;

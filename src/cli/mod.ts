@@ -26,6 +26,8 @@ import { keygenCommand } from "./keygen.ts";
 import { signCommand } from "./sign.ts";
 import { verifyCommand } from "./verify.ts";
 import { policyCommand } from "./policy.ts";
+import { serveCommand } from "./serve.ts";
+import { conformanceCommand } from "./conformance.ts";
 import { runtimesCommand } from "./runtimes.ts";
 
 export const COMMANDS: Command[] = [
@@ -45,6 +47,8 @@ export const COMMANDS: Command[] = [
   stopCommand,
   logsCommand,
   rmCommand,
+  serveCommand,
+  conformanceCommand,
   runtimesCommand,
   keygenCommand,
   signCommand,

@@ -24,6 +24,8 @@ import { bool, type Command, str, strs } from "./command.ts";
 import { parseEntrypointFlag } from "../convert/bootstrap.ts";
 import { enforcePolicy } from "../sign/mod.ts";
 import { POLICY_OPTION } from "./policy.ts";
+import { resolve } from "node:path";
+import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { loadRuntimes, setRuntimePath } from "../vmm/mod.ts";
 import { reportColdStart } from "./runtimes.ts";
 
@@ -109,6 +111,7 @@ export const runCommand: Command = {
       default: "10",
     },
     policy: POLICY_OPTION,
+    socket: SOCKET_OPTION,
   },
   args: { min: 1, max: Infinity, names: "REF|PATH [CMD...]" },
   examples: [
@@ -131,6 +134,30 @@ export const runCommand: Command = {
     const detach = bool(input, "detach");
     const name = str(input, "name");
     if (name !== undefined) assertInstanceId(name);
+    // Through a running `ovm serve` when the API can carry the request (spec 11).
+    const viaServer = detach && !cmd.length && str(input, "entrypoint") === undefined &&
+      !strs(input, "env").length && !publish.length && net === "user" &&
+      str(input, "policy") === undefined;
+    if (str(input, "socket") !== undefined && !viaServer) {
+      throw new ValidationError(
+        "--socket runs only take --detach, --memory, --cpus, --runtime, --accel and --name",
+        {
+          hint: "drop --socket to run directly",
+        },
+      );
+    }
+    using server = viaServer
+      ? await findServer({ socket: str(input, "socket"), env: ctx.env, home: ctx.home })
+      : undefined;
+    if (server) {
+      const started = await server.start(await isExportDir(target) ? resolve(target) : target, {
+        overrides: { memory: memoryBytes, cpus, runtime: str(input, "runtime"), accel, name },
+        wait: true,
+      });
+      ctx.out.result(started);
+      ctx.out.line(started.instance_id);
+      return;
+    }
     const store = await ctx.store();
     const ref = await isExportDir(target)
       ? await importExportDir(store, target, { signal: ctx.signal })

@@ -6,6 +6,7 @@
  */
 import { ValidationError } from "../errors.ts";
 import { stopInstance } from "../runtime/mod.ts";
+import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 
 export const stopCommand: Command = {
@@ -21,6 +22,7 @@ export const stopCommand: Command = {
       default: "10",
     },
     force: { type: "boolean", short: "f", help: "Do not ask the guest; stop the VMM at once" },
+    socket: SOCKET_OPTION,
   },
   args: { min: 1, max: Infinity, names: "ID..." },
   async run(ctx, input) {
@@ -29,6 +31,17 @@ export const stopCommand: Command = {
       throw new ValidationError(`Invalid --timeout "${str(input, "timeout")}"`, {
         hint: "use a number of seconds",
       });
+    }
+    using server = await findServer({ socket: str(input, "socket"), env: ctx.env, home: ctx.home });
+    if (server) {
+      const done = [];
+      for (const id of input.args) {
+        const s = await server.stop(id, { timeoutMs: t * 1000, force: bool(input, "force") });
+        done.push(s);
+        ctx.out.line(`${id} ${s.status}${s.reason ? `: ${s.reason}` : ""}`);
+      }
+      ctx.out.result(done);
+      return;
     }
     const results = [];
     for (const id of input.args) {
