@@ -35,6 +35,8 @@ import { assembleChain, readKernelVersion } from "./chain.ts";
 import { assertInstanceId, type InstanceState, InstanceStore, newInstanceId } from "./instance.ts";
 import { USER_NET } from "./options.ts";
 import { selectAdapter } from "./select.ts";
+import { restoreInstance } from "./restore.ts";
+import type { WarmPool } from "./pool.ts";
 
 export interface StartOptions {
   memoryBytes?: number;
@@ -58,6 +60,10 @@ export interface StartOptions {
   note?: (msg: string) => void;
   /** Called after each step with its duration (`OVM_TRACE=1 ovm run`; the bench reads it). */
   trace?: (step: string, ms: number) => void;
+  /** Boot an artifact that has a RAM snapshot cold instead of restoring it. */
+  cold?: boolean;
+  /** A warm pool to take a prepared VM from when restoring a snapshot (spec §8.5). */
+  pool?: WarmPool;
 }
 
 export interface StartedInstance {
@@ -103,7 +109,7 @@ export function vmmUser(home: string, id: string): { uid: number; gid: number } 
   return { uid, gid: uid };
 }
 
-async function readBootstrap(
+export async function readBootstrap(
   store: ContentStore,
   a: Artifact,
 ): Promise<BootstrapConfig | undefined> {
@@ -123,7 +129,7 @@ interface BootFile {
  * else an installed system image with that digest (artifacts built for ovm's
  * system set may name it without carrying it).
  */
-async function bootFile(
+export async function bootFile(
   store: ContentStore,
   kind: "kernel" | "initrd",
   digest: string,
@@ -161,6 +167,15 @@ export async function startInstance(
     options.trace?.(name, now - mark);
     mark = now;
   };
+  if (!options.cold) {
+    const restored = await store.lease(async () => {
+      const artifact = await loadArtifact(store, ref);
+      step("resolve manifest");
+      if (!artifact.manifest.ramSnapshot) return undefined;
+      return await restoreInstance(store, ref, artifact, options);
+    });
+    if (restored) return restored;
+  }
   // Until state.json names the artifact, a concurrent gc could take its blobs:
   // hold the store lease from resolving the ref to claiming the instance.
   const claimed = await store.lease(async () => {
@@ -177,7 +192,7 @@ export async function startInstance(
         hint: "pull the artifact first with 'ovm pull'",
       });
     }
-    if (m.ramSnapshot) note("the artifact has a RAM snapshot; this run boots it cold");
+    if (m.ramSnapshot) note("the artifact has a RAM snapshot; this run boots it cold (--cold)");
     const adapter = await selectAdapter(m, { requested: options.runtime, warn: note });
     for (const d of m.devices) {
       if (!adapter.capabilities.devices.includes(d.type)) {
@@ -292,6 +307,7 @@ export async function startInstance(
       consoleLog: paths.consoleLog,
       runAs: vmmUser(home, id),
       detach: options.detach ?? false,
+      vmgenid: crypto.randomUUID(),
     };
     step("instance dir, config disk, cmdline");
     await adapter.prepare(spec, { signal: options.signal });

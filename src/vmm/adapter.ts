@@ -80,6 +80,14 @@ export interface VmSpec {
   runAs?: { uid: number; gid: number };
   /** Whether the VMM must outlive the ovm process that starts it. */
   detach: boolean;
+  /**
+   * Guest RAM: a file the VMM maps shared (snapshots read it back), or, for
+   * a restore, a snapshot's memory template mapped privately (copy-on-write).
+   * Default: a per-instance file in /dev/shm, shared.
+   */
+  memory?: { path: string; share: boolean; create: boolean };
+  /** A fresh VM generation id (a UUID) for the guest's vmgenid device. */
+  vmgenid?: string;
 }
 
 /** Plain, persistable facts about a started VM: enough to control it from another process. */
@@ -153,14 +161,33 @@ export interface VmmAdapter {
   resume(handle: VmHandle): Promise<void>;
   /** Graceful (guest power-off) within `timeoutMs`, then forced; always removes runtime files. */
   stop(handle: VmHandle, options?: { timeoutMs?: number; force?: boolean }): Promise<StopResult>;
-  /** Saves the VM's state (`ram`: guest RAM and device state) to `dest`. */
+  /**
+   * Pauses the VM and saves its state (`ram`: device state into
+   * `dest/device-state`; guest RAM is the VM's memory file, consistent while
+   * the VM stays paused). The caller resumes or stops the VM afterwards.
+   */
   snapshot(
     handle: VmHandle,
     options: { kind: SnapshotKind; dest: string; signal?: AbortSignal },
-  ): Promise<void>;
-  /** Starts a VM from a snapshot instead of booting it (QEMU: `-incoming`). */
+  ): Promise<SnapshotFiles>;
+  /**
+   * Starts a VM from a snapshot instead of booting it (QEMU: `-incoming`):
+   * `spec.memory` is the memory template, `source` the directory holding
+   * `device-state`. Resolves once the guest runs.
+   */
   restore(
     spec: VmSpec,
     options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
   ): Promise<StartedVm>;
+}
+
+/** What a RAM snapshot of a running VM produced. */
+export interface SnapshotFiles {
+  /** The guest RAM image (the VM's memory file). */
+  memory: string;
+  memoryBytes: number;
+  /** The device state stream. */
+  deviceState: string;
+  /** The VMM's version, for the restore-compatibility record. */
+  vmmVersion: string;
 }

@@ -105,7 +105,7 @@ Deno.test("an ivshmem device is a shared-memory file named after the instance an
     "memory-backend-file,id=shm-shm0,share=on,mem-path=/dev/shm/ovm-t1-shm0,size=1048576",
   ));
   assert.ok(cmd.args.includes("ivshmem-plain,memdev=shm-shm0,id=ivshmem-shm0"));
-  assert.deepEqual(cmd.runtimeFiles, ["/dev/shm/ovm-t1-shm0"]);
+  assert.deepEqual(cmd.runtimeFiles, ["/dev/shm/ovm-t1-shm0", "/dev/shm/ovm-t1-ram"]);
   assert.equal(cmd.devices[0].mmioAddr, "0x10000000");
   assert.equal(cmd.devices[0].hostPath, "/dev/shm/ovm-t1-shm0");
 });

@@ -19,6 +19,7 @@ import {
 import { exists } from "../../util/fs.ts";
 import type {
   AdapterCapabilities,
+  SnapshotFiles,
   SnapshotKind,
   StartedVm,
   StopResult,
@@ -27,8 +28,24 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
-import { buildQemuCommand, QMP_SOCKET_NAME } from "./cmdline.ts";
+import { buildQemuCommand, MIGRATION_SOCKET_NAME, QMP_SOCKET_NAME, ramPath } from "./cmdline.ts";
 import { QmpClient } from "./qmp.ts";
+
+/**
+ * A QEMU waiting for an incoming migration (`-incoming defer`) with
+ * `x-ignore-shared` set and its migration socket listening: restoring into it
+ * costs only streaming the device state (the warm pool keeps these ready).
+ */
+export interface IncomingVm {
+  vm: StartedVm;
+  spec: VmSpec;
+  qmp: QmpClient;
+  /** The QEMU version from the QMP greeting. */
+  version: string;
+}
+
+/** Largest device-state stream ovm loads (guest RAM is not in it). */
+export const MAX_DEVICE_STATE = 256 << 20;
 
 export const QEMU_LOG_NAME = "qemu.log";
 
@@ -42,7 +59,7 @@ export class QemuAdapter implements VmmAdapter {
   readonly name = "qemu";
   readonly capabilities: AdapterCapabilities = {
     devices: ["ivshmem"],
-    snapshotKinds: [],
+    snapshotKinds: ["ram"],
     diskFormats: ["qcow2", "raw"],
     network: ["none", "user"],
     pause: true,
@@ -135,7 +152,15 @@ export class QemuAdapter implements VmmAdapter {
   }
 
   async start(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<StartedVm> {
-    const cmd = buildQemuCommand(spec);
+    return await this.#spawn(spec, options, false);
+  }
+
+  async #spawn(
+    spec: VmSpec,
+    options: { signal?: AbortSignal },
+    incoming: boolean,
+  ): Promise<StartedVm> {
+    const cmd = buildQemuCommand(spec, { incoming });
     const bin = (await which(this.#binary)) ?? this.#binary;
     const qemuLog = join(spec.vmDir, QEMU_LOG_NAME);
     const spawnOptions: SpawnOptions = {
@@ -307,17 +332,207 @@ export class QemuAdapter implements VmmAdapter {
     return !(await this.#alive(handle));
   }
 
-  snapshot(_handle: VmHandle, options: { kind: SnapshotKind }): Promise<void> {
-    return Promise.reject(
-      new VmmError("qemu", "snapshot", `"${options.kind}" snapshots are not implemented yet`),
-    );
+  async snapshot(
+    handle: VmHandle,
+    options: {
+      kind: SnapshotKind;
+      dest: string;
+      signal?: AbortSignal;
+      runAs?: { uid: number; gid: number };
+    },
+  ): Promise<SnapshotFiles> {
+    if (options.kind !== "ram") {
+      throw new ValidationError(`Snapshot kind "${options.kind}" is not supported by qemu`);
+    }
+    const memory = handle.runtimeFiles.find((f) => f.endsWith("-ram"));
+    if (!memory) {
+      throw new VmmError("qemu", "snapshot", "the VM has no memory file to snapshot", {
+        hint: "it was started by an older ovm (memfd RAM) or restored from a snapshot; " +
+          "snapshot a VM booted by this ovm",
+      });
+    }
+    await using qmp = await this.#connect(handle);
+    const memoryBytes = (await Deno.stat(memory)).size;
+    // The socket QEMU connects to: a private directory that only the VMM's
+    // user may enter, short enough for sockaddr_un.
+    const dir = await Deno.makeTempDir({ prefix: "ovm-mig-" });
+    const sock = join(dir, "s.sock");
+    const dest = join(options.dest, "device-state");
+    const listener = Deno.listen({ transport: "unix", path: sock });
+    try {
+      const owner = await Deno.stat(handle.controlSocket).catch(() => undefined);
+      if (owner?.uid !== undefined && owner.uid !== null && owner.uid !== Deno.uid()) {
+        await Deno.chown(dir, owner.uid, owner.gid);
+        await Deno.chown(sock, owner.uid, owner.gid);
+      }
+      await qmp.execute("stop");
+      await qmp.execute("migrate-set-capabilities", {
+        capabilities: [{ capability: "x-ignore-shared", state: true }],
+      });
+      const accepted = listener.accept();
+      await qmp.execute("migrate", { uri: `unix:${sock}` });
+      const conn = await withAbort(accepted, options.signal, 30_000, "qemu did not connect");
+      const out = await Deno.open(dest, { write: true, createNew: true, mode: 0o600 });
+      try {
+        let total = 0;
+        for await (const chunk of conn.readable) {
+          total += chunk.byteLength;
+          if (total > MAX_DEVICE_STATE) {
+            throw new VmmError(
+              "qemu",
+              "snapshot",
+              `device state exceeds ${MAX_DEVICE_STATE} bytes`,
+            );
+          }
+          let off = 0;
+          while (off < chunk.byteLength) off += await out.write(chunk.subarray(off));
+        }
+      } finally {
+        out.close();
+      }
+      const deadline = Date.now() + 30_000;
+      while (true) {
+        const st = await qmp.execute<{ status?: string; "error-desc"?: string }>("query-migrate");
+        if (st.status === "completed") break;
+        if (st.status === "failed" || st.status === "cancelled") {
+          throw new VmmError("qemu", "snapshot", `migration ${st.status}`, {
+            hint: st["error-desc"],
+          });
+        }
+        if (Date.now() > deadline) throw new VmmError("qemu", "snapshot", "migration timed out");
+        await sleep(5);
+      }
+      return { memory, memoryBytes, deviceState: dest, vmmVersion: qmp.version };
+    } catch (e) {
+      await Deno.remove(dest).catch(() => {});
+      // Leave the source as it was: running.
+      await qmp.execute("migrate_cancel").catch(() => {});
+      await qmp.execute("cont").catch(() => {});
+      throw e;
+    } finally {
+      listener.close();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
   }
 
-  restore(_spec: VmSpec, options: { kind: SnapshotKind }): Promise<StartedVm> {
-    return Promise.reject(
-      new VmmError("qemu", "restore", `"${options.kind}" snapshots are not implemented yet`),
-    );
+  /**
+   * Starts QEMU for a restore: `-incoming defer`, then `x-ignore-shared`
+   * (guest RAM comes from the memory template, not the stream) and
+   * `migrate-incoming` on a socket in the VM's directory. Nothing runs in the
+   * guest until {@linkcode loadState}.
+   */
+  async startIncoming(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<IncomingVm> {
+    const vm = await this.#spawn(spec, options, true);
+    let qmp: QmpClient | undefined;
+    try {
+      qmp = await this.#connect(vm.handle);
+      await qmp.execute("migrate-set-capabilities", {
+        capabilities: [
+          { capability: "x-ignore-shared", state: true },
+          { capability: "events", state: true },
+        ],
+      });
+      await qmp.execute("migrate-incoming", { uri: `unix:${MIGRATION_SOCKET_NAME}` });
+      return { vm, spec, qmp, version: qmp.version };
+    } catch (e) {
+      qmp?.close();
+      await this.stop(vm.handle, { force: true }).catch(() => {});
+      throw e;
+    }
   }
+
+  /**
+   * Streams `deviceState` into a QEMU from {@linkcode startIncoming} and
+   * waits until the guest runs (QEMU resumes it itself: no `-S`).
+   * `socketPath` overrides where the migration socket is (a renamed VM dir).
+   */
+  async loadState(
+    incoming: IncomingVm,
+    deviceState: Uint8Array,
+    options: { timeoutMs?: number; socketPath?: string } = {},
+  ): Promise<void> {
+    const { qmp, vm } = incoming;
+    // The source was paused for the snapshot, so QEMU keeps the restored VM
+    // paused after loading (it restores the recorded run state): `cont` it.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const loaded = new Promise<void>((resolve, reject) => {
+      const off = qmp.onEvent((e) => {
+        const status = e.data?.status;
+        if (e.event !== "MIGRATION") return;
+        if (status === "completed") {
+          off();
+          resolve();
+        } else if (status === "failed" || status === "cancelled") {
+          off();
+          reject(new VmmError("qemu", "restore", `loading the device state ${status}`));
+        }
+      });
+      qmp.closed.then(() => {
+        off();
+        reject(new VmmError("qemu", "restore", "qemu exited while loading the device state"));
+      });
+      timer = setTimeout(() => {
+        off();
+        reject(new VmmError("qemu", "restore", "loading the device state timed out"));
+      }, options.timeoutMs ?? 30_000);
+    });
+    loaded.catch(() => {}).finally(() => clearTimeout(timer));
+    let path = options.socketPath ?? join(incoming.spec.vmDir, MIGRATION_SOCKET_NAME);
+    if (path.length > 107) path = `/proc/${vm.handle.pid}/cwd/${MIGRATION_SOCKET_NAME}`;
+    const conn = await Deno.connect({ transport: "unix", path }).catch((e) => {
+      throw new VmmError("qemu", "restore", `cannot connect to the migration socket "${path}"`, {
+        cause: e,
+      });
+    });
+    try {
+      let off = 0;
+      while (off < deviceState.byteLength) off += await conn.write(deviceState.subarray(off));
+    } finally {
+      conn.close();
+    }
+    try {
+      await loaded;
+      await qmp.execute("cont");
+    } catch (e) {
+      const tail = await tailFile(join(incoming.spec.vmDir, QEMU_LOG_NAME), 10);
+      throw new VmmError("qemu", "restore", "the guest did not resume from the snapshot", {
+        cause: e,
+        hint: tail ? `qemu said:\n${tail}` : undefined,
+      });
+    }
+  }
+
+  async restore(
+    spec: VmSpec,
+    options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
+  ): Promise<StartedVm> {
+    if (options.kind !== "ram") {
+      throw new ValidationError(`Snapshot kind "${options.kind}" is not supported by qemu`);
+    }
+    const state = await Deno.readFile(join(options.source, "device-state"));
+    const incoming = await this.startIncoming(spec, options);
+    try {
+      await this.loadState(incoming, state);
+      return incoming.vm;
+    } catch (e) {
+      await this.stop(incoming.vm.handle, { force: true }).catch(() => {});
+      throw e;
+    } finally {
+      incoming.qmp.close();
+    }
+  }
+}
+
+function withAbort<T>(p: Promise<T>, signal: AbortSignal | undefined, ms: number, what: string) {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new VmmError("qemu", "snapshot", what)), ms);
+    const onAbort = () => reject(signal?.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    p.then(resolve, reject).finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", onAbort);
+    });
+  });
 }
 
 /** Removes what a VM leaves behind once its process is gone. */
@@ -340,4 +555,4 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export { QMP_SOCKET_NAME };
+export { QMP_SOCKET_NAME, ramPath };

@@ -34,18 +34,30 @@ export const QMP_SOCKET_NAME = "qmp.sock";
 
 export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/** The guest RAM file of a VM booted cold (spec section 8.2): snapshots read it back. */
+export function ramPath(instanceId: string): string {
+  return `/dev/shm/ovm-${instanceId}-ram`;
+}
+
+/** The migration socket, relative to the VM's working directory (spec section 8.3). */
+export const MIGRATION_SOCKET_NAME = "migrate.sock";
+
 /** The shared-memory file of an ivshmem device (spec section 7). */
 export function ivshmemPath(instanceId: string, deviceName: string): string {
   return `/dev/shm/ovm-${instanceId}-${deviceName}`;
 }
 
-export function buildQemuCommand(spec: VmSpec): QemuCommand {
+export function buildQemuCommand(
+  spec: VmSpec,
+  options: { incoming?: boolean } = {},
+): QemuCommand {
   const passFiles: PassedFile[] = [];
   const fd = (path: string, mode: PassedFile["mode"]): string => {
     passFiles.push({ path, mode });
     return passedFdPath(passFiles.length - 1);
   };
   const memMiB = Math.ceil(spec.memoryBytes / (1024 * 1024));
+  const mem = spec.memory ?? { path: ramPath(spec.id), share: true, create: true };
   const args: string[] = [
     "-nodefaults",
     "-no-user-config",
@@ -61,11 +73,14 @@ export function buildQemuCommand(spec: VmSpec): QemuCommand {
     String(spec.cpus),
     "-m",
     `${memMiB}M`,
-    // Guest RAM in a named, shareable backend from the start: RAM snapshots
-    // (migration to a file) and file-backed restore slot in without changing
-    // the machine's shape.
+    // Guest RAM is a named file backend: shared for a cold boot, so a RAM
+    // snapshot reads the file back once the guest is stopped (migration with
+    // x-ignore-shared then carries only device state); private for a
+    // restore, so the snapshot's template is copy-on-write and never written.
     "-object",
-    `memory-backend-memfd,id=ram0,size=${memMiB}M,share=on`,
+    `memory-backend-file,id=ram0,size=${memMiB}M,share=${
+      mem.share ? "on" : "off"
+    },mem-path=${mem.path}`,
     "-machine",
     "q35,memory-backend=ram0",
     "-no-reboot",
@@ -184,12 +199,18 @@ export function buildQemuCommand(spec: VmSpec): QemuCommand {
     });
   }
 
+  // A new generation id per VM: a restored clone's guest sees it change
+  // (ACPI notify), the signal for it to reseed its RNG (spec section 8.4).
+  if (spec.vmgenid) args.push("-device", `vmgenid,id=vmgenid0,guid=${spec.vmgenid}`);
+
   if (spec.network.mode === "user") {
     const fwd = spec.network.publish.map((p) =>
       `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-:${p.guestPort}`
     ).join("");
     args.push("-netdev", `user,id=net0${fwd}`, "-device", "virtio-net-pci,netdev=net0,id=nic0");
   }
+  if (mem.create) runtimeFiles.push(mem.path);
+  if (options.incoming) args.push("-incoming", "defer");
   return { args, passFiles, qmpSocketName: QMP_SOCKET_NAME, runtimeFiles, devices };
 }
 
