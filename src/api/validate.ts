@@ -52,9 +52,16 @@ export class ResponseValidator {
     body: unknown,
   ): string[] {
     const t = this.template(path);
-    if (!t) return [`${method} ${path}: no such path in the OpenAPI document`];
+    if (!t) {
+      // An undocumented path can only be refused: a 404 with the Error body.
+      if (status !== 404) return [`${method} ${path}: no such path in the OpenAPI document`];
+      return this.#validate("#/components/schemas/Error", [body], `${method} ${path} 404`);
+    }
     const op = this.#doc.paths[t][method.toLowerCase()];
-    if (!op) return [`${method} ${t}: no such operation in the OpenAPI document`];
+    if (!op) {
+      if (status !== 405) return [`${method} ${t}: no such operation in the OpenAPI document`];
+      return this.#validate("#/components/schemas/Error", [body], `${method} ${t} 405`);
+    }
     const resp = (op.responses[String(status)] ?? op.responses.default) as
       | { content?: Media }
       | undefined;
@@ -69,18 +76,21 @@ export class ResponseValidator {
     }/${method.toLowerCase()}/responses/${status in op.responses ? status : "default"}/content/${
       type.replaceAll("/", "~1")
     }/schema`;
+    const items = type === "application/x-ndjson" ? (body as unknown[]) : [body];
+    return this.#validate(pointer, items, `${method} ${t} ${status}`);
+  }
+
+  #validate(pointer: string, items: unknown[], what: string): string[] {
     let v = this.#cache.get(pointer);
     if (!v) {
       v = this.#ajv.compile({ $ref: `ovms-openapi${pointer}` });
       this.#cache.set(pointer, v);
     }
-    const items = type === "application/x-ndjson" ? (body as unknown[]) : [body];
     const out: string[] = [];
     for (const [i, item] of items.entries()) {
       if (!v(item)) {
         out.push(
-          `${method} ${t} ${status}${items.length > 1 ? ` record ${i}` : ""}: ` +
-            this.#ajv.errorsText(v.errors),
+          `${what}${items.length > 1 ? ` record ${i}` : ""}: ${this.#ajv.errorsText(v.errors)}`,
         );
       }
     }
