@@ -1,0 +1,129 @@
+/**
+ * @module
+ * Helpers for the runtime-adapter tests: a VM spec over a real two-layer
+ * disk chain (qcow2 images inside tar-like blobs at offset 512, written with
+ * known bytes), and a temp bin directory holding fake VMM executables.
+ */
+import { join } from "node:path";
+import type { VmSpec } from "../../src/vmm/adapter.ts";
+
+const FAKE_MAIN = new URL("./fake_vmm_main.ts", import.meta.url).pathname;
+
+async function sh(cmd: string, ...args: string[]): Promise<void> {
+  const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
+/** Wraps an image the way an OVMS disk-layer blob does: data at offset 512. */
+async function blobOf(image: string, blob: string): Promise<number> {
+  const data = await Deno.readFile(image);
+  const out = new Uint8Array(512 + data.byteLength);
+  out.set(new TextEncoder().encode("not-a-real-tar-header"), 0);
+  out.set(data, 512);
+  await Deno.writeFile(blob, out);
+  return data.byteLength;
+}
+
+export const BASE_BYTE = 0xab;
+export const TOP_BYTE = 0xcd;
+/** Offset of the 4 KiB the top layer writes (the base writes at 0). */
+export const TOP_OFFSET = 64 * 1024;
+
+/**
+ * A spec in `dir`: a dummy kernel and initrd (not bootable: the fakes never
+ * run them), a base qcow2 layer holding 0xab at 0 and a top layer holding
+ * 0xcd at 64 KiB, a raw config disk, memory 64 MiB.
+ */
+export async function makeSpec(dir: string, id = "t1"): Promise<VmSpec> {
+  const work = join(dir, "work");
+  await Deno.mkdir(work, { recursive: true });
+  const kernel = join(dir, "vmlinux");
+  const initrd = join(dir, "initrd.img");
+  await Deno.writeTextFile(kernel, "\x7fELF fake kernel");
+  await Deno.writeTextFile(initrd, "fake initrd");
+  const base = join(work, "base.qcow2");
+  const top = join(work, "top.qcow2");
+  await sh("qemu-img", "create", "-q", "-f", "qcow2", base, "1M");
+  await sh("qemu-io", "-f", "qcow2", "-c", `write -P ${BASE_BYTE} 0 4k`, base);
+  await sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top);
+  await sh("qemu-io", "-f", "qcow2", "-c", `write -P ${TOP_BYTE} ${TOP_OFFSET} 4k`, top);
+  await sh("qemu-img", "rebase", "-u", "-b", "", top);
+  const baseBlob = join(dir, "base.blob");
+  const topBlob = join(dir, "top.blob");
+  const baseLen = await blobOf(base, baseBlob);
+  const topLen = await blobOf(top, topBlob);
+  const config = join(dir, "config.tar");
+  await Deno.writeFile(config, new Uint8Array(10240));
+  const vmDir = join(dir, "vm");
+  return {
+    id,
+    kernel,
+    initrd,
+    cmdline: "console=ttyS0 ovms.net=none",
+    memoryBytes: 64 << 20,
+    cpus: 1,
+    accel: "tcg",
+    rootDisk: {
+      layers: [
+        { path: baseBlob, offset: 512, length: baseLen, format: "qcow2", virtualSize: 1 << 20 },
+        { path: topBlob, offset: 512, length: topLen, format: "qcow2", virtualSize: 1 << 20 },
+      ],
+      overlay: join(vmDir, "overlay.qcow2"),
+    },
+    extraDisks: [{ path: config, readOnly: true }],
+    devices: [],
+    network: { mode: "none", publish: [] },
+    vmDir,
+    consoleLog: join(vmDir, "console.log"),
+    detach: false,
+  };
+}
+
+/** The first bytes at `offset` of a disk image as qemu sees it (any format, any chain). */
+export async function readDiskBytes(image: string, offset: number, n = 16): Promise<number[]> {
+  const raw = `${image}.check.raw`;
+  await sh("qemu-img", "convert", "-O", "raw", image, raw);
+  try {
+    using f = await Deno.open(raw);
+    await f.seek(offset, Deno.SeekMode.Start);
+    const buf = new Uint8Array(n);
+    await f.read(buf);
+    return [...buf];
+  } finally {
+    await Deno.remove(raw);
+  }
+}
+
+/** A temp directory with fake `cloud-hypervisor` and `firecracker` executables. */
+export async function fakeBin(): Promise<{ dir: string } & AsyncDisposable> {
+  const dir = await Deno.makeTempDir({ prefix: "ovm-fake-vmm-" });
+  for (const [name, kind] of [["cloud-hypervisor", "ch"], ["firecracker", "fc"]]) {
+    const p = join(dir, name);
+    await Deno.writeTextFile(
+      p,
+      `#!/bin/sh\nexec "${Deno.execPath()}" run -A --quiet "${FAKE_MAIN}" ${kind} "$@"\n`,
+    );
+    await Deno.chmod(p, 0o755);
+  }
+  return {
+    dir,
+    async [Symbol.asyncDispose]() {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+export interface LoggedCall {
+  method: string;
+  path: string;
+  body?: Record<string, unknown>;
+  status: number;
+  violations: { where: string; message: string }[];
+}
+
+export async function readCallLog(path: string): Promise<LoggedCall[]> {
+  const text = await Deno.readTextFile(path).catch(() => "");
+  return text.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+}
