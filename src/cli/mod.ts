@@ -22,6 +22,7 @@ import { psCommand } from "./ps.ts";
 import { rmCommand } from "./rm.ts";
 import { runCommand } from "./run.ts";
 import { stopCommand } from "./stop.ts";
+import { snapshotCommand } from "./snapshot.ts";
 import { keygenCommand } from "./keygen.ts";
 import { signCommand } from "./sign.ts";
 import { verifyCommand } from "./verify.ts";
@@ -47,6 +48,7 @@ export const COMMANDS: Command[] = [
   stopCommand,
   logsCommand,
   rmCommand,
+  snapshotCommand,
   serveCommand,
   conformanceCommand,
   runtimesCommand,

@@ -84,14 +84,8 @@ function release(v: string): string {
   return v.split(".").slice(0, 2).join(".");
 }
 
-/** Checks everything that can be checked before anything runs; returns the record. */
-export async function checkRestore(
-  store: ContentStore,
-  artifact: Artifact,
-  options: StartOptions,
-): Promise<{ record: RestoreRecord; kernel: string; initrd?: string }> {
-  const m = artifact.manifest;
-  const record = readRestoreRecord(m);
+/** Refuses start options that contradict what the snapshot recorded. */
+export function checkOptions(record: RestoreRecord, options: StartOptions): void {
   if (options.runtime && options.runtime !== "auto" && options.runtime !== record.vmm) {
     mismatch("the runtime", record.vmm, options.runtime);
   }
@@ -112,6 +106,17 @@ export async function checkRestore(
       hint: "drop the command, --entrypoint and --env",
     });
   }
+}
+
+/** Checks everything that can be checked before anything runs; returns the record. */
+export async function checkRestore(
+  store: ContentStore,
+  artifact: Artifact,
+  options: StartOptions,
+): Promise<{ record: RestoreRecord; kernel: string; initrd?: string }> {
+  const m = artifact.manifest;
+  const record = readRestoreRecord(m);
+  checkOptions(record, options);
   const chain = m.diskLayers.map((l) => l.ref);
   if (chain.join(",") !== record.diskChain.join(",")) {
     mismatch("the disk chain", record.diskChain.join(","), chain.join(","));
@@ -348,6 +353,8 @@ export interface PreparedRestore {
   incoming: IncomingVm;
   deviceState: Uint8Array;
   artifactDigest: string;
+  /** The record the pool checked when it filled (compatibility, versions). */
+  record: RestoreRecord;
 }
 
 /** Starts an instance from a snapshot artifact (called by `startInstance`). */
@@ -364,11 +371,29 @@ export async function restoreInstance(
     options.trace?.(name, now - mark);
     mark = now;
   };
-  const { record, kernel, initrd } = await checkRestore(store, artifact, options);
+  const m = artifact.manifest;
+  const pooled = m.devices.length || options.publish?.length
+    ? undefined
+    : options.pool?.take(artifact.descriptor.digest);
+  let checked: Awaited<ReturnType<typeof checkRestore>>;
+  if (pooled) {
+    // The pool ran the full check when it filled; only the options remain.
+    try {
+      checkOptions(pooled.record, options);
+    } catch (e) {
+      pooled.incoming.qmp.close();
+      await getAdapter("qemu").stop(pooled.incoming.vm.handle, { force: true }).catch(() => {});
+      await Deno.remove(pooled.paths.dir, { recursive: true }).catch(() => {});
+      throw e;
+    }
+    checked = { record: pooled.record, kernel: "", initrd: undefined };
+  } else {
+    checked = await checkRestore(store, artifact, options);
+  }
+  const { record, kernel, initrd } = checked;
   step("check snapshot compatibility");
   const instances = new InstanceStore(home);
   const adapter = getAdapter(record.vmm) as QemuAdapter;
-  const m = artifact.manifest;
   if (m.ramSnapshot?.mlock_required && options.detach) {
     throw new ValidationError(
       "This snapshot must stay locked in memory (mlock_required), which needs a process that lives",
@@ -376,9 +401,7 @@ export async function restoreInstance(
     );
   }
   const publish = options.publish ?? [];
-  const prepared = publish.length || m.devices.length
-    ? undefined
-    : options.pool?.take(artifact.descriptor.digest);
+  const prepared = pooled;
   let id: string;
   if (prepared) {
     id = options.name ? assertInstanceId(options.name) : prepared.id;

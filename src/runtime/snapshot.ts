@@ -222,7 +222,10 @@ export async function snapshotInstance(
     }).then(async (res) => {
       if (!options.push) return res;
       progress(`pushing to ${options.push}`);
-      const pushed = await pushFromStore(store, res.ref, options.push, { signal: options.signal });
+      const pushed = await pushFromStore(store, res.ref, options.push, {
+        home,
+        signal: options.signal,
+      });
       return { ...res, pushed: `${pushed.reference}@${pushed.digest}` };
     });
   } finally {
