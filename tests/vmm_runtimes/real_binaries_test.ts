@@ -1,0 +1,98 @@
+/**
+ * Real-binary tests of the Cloud Hypervisor and Firecracker adapters: they
+ * run when `cloud-hypervisor` / `firecracker` is on PATH (and, for
+ * Firecracker, `$OVM_FC_KERNEL` names an uncompressed vmlinux, since the
+ * system kernel is a bzImage), and are skipped with a message otherwise. They
+ * boot the demo artifact's kernel, initrd and disk chain (no ivshmem: neither
+ * VMM has it), wait for console output, pause, resume, snapshot and stop.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { which } from "../../src/process/mod.ts";
+import { imageDir, listSystem } from "../../src/system/mod.ts";
+import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
+import { assembleChain } from "../../src/runtime/chain.ts";
+import type { VmmAdapter, VmSpec } from "../../src/vmm/adapter.ts";
+import { CloudHypervisorAdapter } from "../../src/vmm/cloud_hypervisor/mod.ts";
+import { FirecrackerAdapter } from "../../src/vmm/firecracker/mod.ts";
+import { demoHome, waitFor } from "../_helpers/runtime.ts";
+
+const CH = await which("cloud-hypervisor");
+const FC = await which("firecracker");
+const FC_KERNEL = Deno.env.get("OVM_FC_KERNEL");
+if (!CH) console.log("skipping the real Cloud Hypervisor test: cloud-hypervisor is not on PATH");
+if (!FC || !FC_KERNEL) {
+  console.log(
+    "skipping the real Firecracker test: " +
+      (!FC ? "firecracker is not on PATH" : "$OVM_FC_KERNEL (a vmlinux) is not set"),
+  );
+}
+
+async function demoSpec(
+  home: string,
+  ref: string,
+  options: { vmDir: string; kernel?: string },
+): Promise<VmSpec> {
+  const { vmDir } = options;
+  const store = await ContentStore.open(home);
+  const m = (await loadArtifact(store, ref)).manifest;
+  const set = await listSystem(home);
+  const k = set.kernels[0];
+  const i = set.initrds[0];
+  return {
+    id: "real",
+    kernel: options.kernel ?? join(imageDir(home, "kernel", k.version, k.arch), k.file),
+    initrd: join(imageDir(home, "initrd", i.version, i.arch), i.file),
+    cmdline: `${m.kernel.args} ovms.net=none`,
+    memoryBytes: 256 << 20,
+    cpus: 1,
+    accel: "kvm",
+    rootDisk: {
+      layers: await assembleChain(store, m.diskLayers),
+      overlay: join(vmDir, "overlay.qcow2"),
+    },
+    extraDisks: [],
+    devices: [],
+    network: { mode: "none", publish: [] },
+    vmDir,
+    consoleLog: join(vmDir, "console.log"),
+    detach: false,
+  };
+}
+
+async function lifecycle(adapter: VmmAdapter, kernel?: string): Promise<void> {
+  await using demo = await demoHome();
+  const spec = await demoSpec(demo.home, demo.artifact.ref, {
+    vmDir: join(demo.home, "vm"),
+    kernel,
+  });
+  await adapter.prepare(spec);
+  const vm = await adapter.start(spec);
+  try {
+    await waitFor(async () => {
+      const st = await Deno.stat(spec.consoleLog).catch(() => undefined);
+      return st && st.size > 0 ? true : undefined;
+    }, { timeoutMs: 60_000, what: "console output" });
+    await adapter.pause(vm.handle);
+    assert.equal((await adapter.status(vm.handle)).state, "paused");
+    const files = await adapter.snapshot(vm.handle, { kind: "ram", dest: join(demo.home, "snap") });
+    assert.ok(files.vmmVersion.length > 0);
+    await adapter.resume(vm.handle);
+    assert.equal((await adapter.status(vm.handle)).state, "running");
+  } finally {
+    await adapter.stop(vm.handle, { timeoutMs: 10_000 });
+  }
+}
+
+Deno.test({
+  name: "a real cloud-hypervisor boots the demo chain, pauses, snapshots, resumes and stops",
+  ignore: !CH,
+  fn: () => lifecycle(new CloudHypervisorAdapter()),
+});
+
+Deno.test({
+  name:
+    "a real firecracker boots the demo chain flattened to raw, pauses, snapshots, resumes and stops",
+  ignore: !FC || !FC_KERNEL,
+  fn: () => lifecycle(new FirecrackerAdapter(), FC_KERNEL),
+});
