@@ -212,6 +212,12 @@ export const runCommand: Command = {
       warn: (m) => ctx.out.warn(m),
     }).catch(() => {});
     for (const d of started.state.devices) {
+      if (started.state.adapter !== "qemu") {
+        ctx.out.info(
+          `${d.type} ${d.name} (${formatBytes(d.size)}): ${d.guestLocation ?? d.mmioAddr}`,
+        );
+        continue;
+      }
       // QEMU places BARs itself: say where the region really is (spec 7.5).
       ctx.out.info(
         `${d.type} ${d.name}: host ${d.hostPath} (${formatBytes(d.size)}); guest: PCI 1af4:1110 ` +

@@ -13,8 +13,10 @@ import {
   builtinDescriptors,
   CliRuntimeAdapter,
   loadUserDescriptors,
+  loadUserDescriptorsSync,
   type RuntimeDescriptor,
 } from "./descriptor/mod.ts";
+import { defaultHome } from "../store/paths.ts";
 
 export * from "./adapter.ts";
 export { QemuAdapter } from "./qemu/mod.ts";
@@ -71,7 +73,15 @@ export function registerAdapter(name: string, factory: () => VmmAdapter): void {
 }
 
 export function getAdapter(name: string): VmmAdapter {
-  const f = FACTORIES[name];
+  let f = FACTORIES[name];
+  if (!f) {
+    // An instance another ovm started on a runtime from a descriptor file:
+    // look in the default home's runtimes/ (ovm run registers --home's).
+    for (const d of loadUserDescriptorsSync(defaultHome())) {
+      if (!FACTORIES[d.name]) FACTORIES[d.name] = descriptorFactory(d);
+    }
+    f = FACTORIES[name];
+  }
   if (!f) {
     throw new ValidationError(`Unknown runtime "${name}"`, {
       hint: `known runtimes: ${adapterNames().join(", ")}`,

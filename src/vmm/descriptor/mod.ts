@@ -51,3 +51,22 @@ export async function loadUserDescriptors(home: string): Promise<RuntimeDescript
   for (const n of names) out.push(await loadDescriptorFile(join(dir, n)));
   return out;
 }
+
+/** {@linkcode loadUserDescriptors} for synchronous callers; files that fail to parse are skipped. */
+export function loadUserDescriptorsSync(home: string): RuntimeDescriptor[] {
+  const dir = join(home, "runtimes");
+  const out: RuntimeDescriptor[] = [];
+  let names: string[];
+  try {
+    names = [...Deno.readDirSync(dir)].filter((e) => e.isFile && e.name.endsWith(".json"))
+      .map((e) => e.name).sort();
+  } catch {
+    return [];
+  }
+  for (const n of names) {
+    try {
+      out.push(parseRuntimeDescriptor(JSON.parse(Deno.readTextFileSync(join(dir, n))), n));
+    } catch { /* reported by the async loader (ovm run, ovm runtimes) */ }
+  }
+  return out;
+}
