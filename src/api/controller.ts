@@ -26,6 +26,8 @@ import {
   stopInstance,
 } from "../runtime/mod.ts";
 import { enforcePolicy } from "../sign/mod.ts";
+import { snapshotInstance, type WarmPool } from "../runtime/snapshot.ts";
+import { parseReference } from "../oci/reference.ts";
 import { adapterNames } from "../vmm/mod.ts";
 import { exists } from "../util/fs.ts";
 import { VERSION } from "../version.ts";
@@ -71,15 +73,6 @@ export type ActionResult =
   | { status: number; body: unknown }
   | { status: number; stream: ReadableStream<Uint8Array> };
 
-/** The snapshot module's surface, loaded when it exists (see {@linkcode Controller}). */
-interface SnapshotModule {
-  snapshotInstance(
-    home: string,
-    id: string,
-    options: { tag: string; push?: boolean; after?: "resume" | "stop"; signal?: AbortSignal },
-  ): Promise<{ ref: string; digest: string; pushed?: string | boolean }>;
-}
-
 export interface ControllerOptions {
   /** `--policy FILE` for /start; default `$OVM_HOME/policy.json` when it exists. */
   policyFile?: string;
@@ -87,8 +80,11 @@ export interface ControllerOptions {
   bootTimeoutMs?: number;
   /** Notes for the server's log (accelerator fallback, policy warnings). */
   note?: (message: string) => void;
-  /** Loads the RAM-snapshot module; tests and the server pass the default. */
-  loadSnapshot?: () => Promise<SnapshotModule | undefined>;
+  /**
+   * Warm VMs for snapshot artifacts (spec 8.5): a /start of a snapshot the
+   * pool holds takes a prepared QEMU instead of restoring from scratch.
+   */
+  pool?: WarmPool;
 }
 
 interface Pending {
@@ -103,19 +99,6 @@ interface Failed {
   reason: string;
 }
 
-async function defaultLoadSnapshot(): Promise<SnapshotModule | undefined> {
-  // The RAM-snapshot runtime lands separately: load it only when present, so
-  // the API keeps its contract (501) until then.
-  const url = new URL("../runtime/snapshot.ts", import.meta.url);
-  if (url.protocol === "file:" && !(await exists(url.pathname))) return undefined;
-  try {
-    const mod = await import(url.href) as Partial<SnapshotModule>;
-    return typeof mod.snapshotInstance === "function" ? mod as SnapshotModule : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 export class Controller {
   readonly home: string;
   readonly #store: ContentStore;
@@ -123,7 +106,8 @@ export class Controller {
   readonly #queues = new Map<string, Promise<unknown>>();
   readonly #pending = new Map<string, Pending>();
   readonly #failed = new Map<string, Failed>();
-  readonly #bootMs = new Map<string, number>();
+  /** Start request to first console output (or to the restored VM running), per instance. */
+  readonly #bootMs = new Map<string, { ms: number; restore: boolean }>();
   readonly #closing = new AbortController();
 
   constructor(store: ContentStore, options: ControllerOptions = {}) {
@@ -254,6 +238,7 @@ export class Controller {
     };
     this.#pending.set(id, pending);
     let admittedRef: string;
+    let restore = false;
     try {
       if (await this.#onDisk(id)) {
         throw new ConflictError(`Instance "${id}" already exists`, {
@@ -272,7 +257,7 @@ export class Controller {
       });
       admittedRef = admitted?.pinned ?? ref;
       // Resolve now: an unknown manifest is a 404 to this request, not a failed start later.
-      await loadArtifact(this.#store, admittedRef);
+      restore = (await loadArtifact(this.#store, admittedRef)).manifest.ramSnapshot !== undefined;
       this.#failed.delete(id);
     } catch (e) {
       this.#pending.delete(id);
@@ -291,10 +276,11 @@ export class Controller {
           accel: a.accel,
           bootTimeoutMs: this.#options.bootTimeoutMs,
           note: this.#options.note,
+          pool: this.#options.pool,
         });
         // The VM belongs to its state.json from here: it outlives this server.
         started.vm.release();
-        this.#bootMs.set(id, performance.now() - t0);
+        this.#bootMs.set(id, { ms: performance.now() - t0, restore });
         return started.state;
       } catch (e) {
         if (!(await this.#onDisk(id))) {
@@ -347,12 +333,22 @@ export class Controller {
 
   async #snapshot(a: Extract<Action, { kind: "snapshot" }>): Promise<SnapshotResponse> {
     await this.#running(a.id, "snapshot");
-    const mod = await (this.#options.loadSnapshot ?? defaultLoadSnapshot)();
-    if (!mod) throw new NotImplementedError("RAM snapshots are not available in this build");
-    const remote = isRemoteRef(a.tag);
-    const res = await mod.snapshotInstance(this.home, a.id, {
-      tag: a.tag,
-      push: remote,
+    // A registry reference is pushed; the local tag is its repository path and tag.
+    let tag = a.tag;
+    let push: string | undefined;
+    if (isRemoteRef(a.tag)) {
+      const r = parseReference(a.tag);
+      if (!r.tag) {
+        throw new ValidationError(`Snapshot tag "${a.tag}" has no tag`, {
+          hint: "use REGISTRY/NAME:TAG",
+        });
+      }
+      tag = `${r.repository}:${r.tag}`;
+      push = a.tag;
+    }
+    const res = await snapshotInstance(this.home, a.id, {
+      tag,
+      push,
       after: "resume",
       signal: this.#closing.signal,
     });
@@ -461,8 +457,8 @@ export class Controller {
         pss_bytes: mem.pss,
         disk_bytes: await diskUsage(dir),
         start_ms: started !== undefined ? Math.max(0, started - Date.parse(s.createdAt)) : null,
-        boot_ms: this.#bootMs.get(id) ?? null,
-        restore_ms: null,
+        boot_ms: this.#bootMs.get(id)?.ms ?? null,
+        restore_ms: this.#bootMs.get(id)?.restore ? this.#bootMs.get(id)!.ms : null,
       },
     };
   }

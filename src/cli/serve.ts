@@ -8,12 +8,13 @@
 import { ValidationError } from "../errors.ts";
 import { Controller, createHandler, defaultSocketPath, listen } from "../api/mod.ts";
 import { isActive, listInstances, stopInstance } from "../runtime/mod.ts";
-import { bool, type Command, str } from "./command.ts";
+import { WarmPool } from "../runtime/snapshot.ts";
+import { bool, type Command, str, strs } from "./command.ts";
 
 export const serveCommand: Command = {
   name: "serve",
   summary: "Serve the OVMS runtime API on a UNIX socket",
-  usage: "serve [--socket PATH] [--stop-instances-on-exit]",
+  usage: "serve [--socket PATH] [--stop-instances-on-exit] [--warm-snapshot REF --warm-pool N]",
   description: "Serves POST /start, /stop, /snapshot, /inject and GET /status/{id}, /logs/{id},\n" +
     "/instances, /healthz, /version (spec/api/ovms-runtime.openapi.yaml). The socket\n" +
     "is 0600 in a 0700 directory; default /run/ovm/ovm.sock for root, else\n" +
@@ -35,6 +36,18 @@ export const serveCommand: Command = {
       help: "Fail a start whose guest prints nothing for this long",
       default: "60",
     },
+    "warm-snapshot": {
+      type: "string",
+      multiple: true,
+      valueName: "REF",
+      help: "Keep VMs of this snapshot artifact ready; a /start of it takes one (repeatable)",
+    },
+    "warm-pool": {
+      type: "string",
+      valueName: "N",
+      help: "VMs kept ready per --warm-snapshot",
+      default: "1",
+    },
     verbose: { type: "boolean", short: "v", help: "Log every request on stderr" },
   },
   examples: ["ovm serve", "ovm serve --socket /tmp/ovm.sock --stop-instances-on-exit"],
@@ -46,14 +59,30 @@ export const serveCommand: Command = {
         hint: "use a number of seconds",
       });
     }
+    const warm = strs(input, "warm-snapshot");
+    const size = Number(str(input, "warm-pool") ?? "1");
+    if (!Number.isInteger(size) || size < 0 || size > 64) {
+      throw new ValidationError(`Invalid --warm-pool "${str(input, "warm-pool")}"`, {
+        hint: "use a whole number from 0 to 64",
+      });
+    }
     const store = await ctx.store();
+    const pool = warm.length && size > 0 ? new WarmPool(ctx.home, { size }) : undefined;
     const running = (await listInstances(ctx.home)).filter(isActive);
     const controller = new Controller(store, {
       policyFile: str(input, "policy"),
       bootTimeoutMs: bootS * 1000,
       note: (m) => ctx.out.warn(m),
+      pool,
     });
     const verbose = bool(input, "verbose");
+    // A stray rejection deep in an adapter must fail its request, not end the
+    // server (and every other client's stream) with it.
+    const onUnhandled = (e: PromiseRejectionEvent) => {
+      e.preventDefault();
+      ctx.out.warn(`unhandled rejection: ${(e.reason as Error)?.message ?? e.reason}`);
+    };
+    globalThis.addEventListener("unhandledrejection", onUnhandled);
     const server = await listen(
       createHandler(controller, {
         onResponse: verbose
@@ -70,6 +99,13 @@ export const serveCommand: Command = {
         (running.length ? ` (reattached to ${running.length} running instance(s))` : ""),
     );
     ctx.out.result({ socket: server.path, reattached: running.map((s) => s.id) });
+    // Filled in the background: the API answers meanwhile (starts restore cold until then).
+    const filling = Promise.all(warm.map((ref) =>
+      pool!.fill(ref).then(
+        () => ctx.out.info(`ovm serve: warm pool of ${size} ready for ${ref}`),
+        (e) => ctx.out.warn(`warm pool for ${ref} failed: ${(e as Error).message}`),
+      )
+    ));
     await new Promise<void>((resolve) => {
       if (ctx.signal.aborted) resolve();
       ctx.signal.addEventListener("abort", () => resolve(), { once: true });
@@ -79,6 +115,9 @@ export const serveCommand: Command = {
     controller.close();
     await server.shutdown();
     await controller.drain();
+    await pool?.close();
+    await filling;
+    globalThis.removeEventListener("unhandledrejection", onUnhandled);
     if (bool(input, "stop-instances-on-exit")) {
       for (const s of (await listInstances(ctx.home)).filter(isActive)) {
         ctx.out.info(`stopping ${s.id}`);
