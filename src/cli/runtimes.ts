@@ -78,7 +78,18 @@ export async function reportColdStart(
   const target = (await loadArtifact(store, manifestDigest)).manifest.runtimeHints
     ?.coldStartTargetMs;
   if (target === undefined) return;
+  const v = coldStartVerdict(target, ms);
+  if (v.met) options.note(v.message);
+  else options.warn(v.message);
+}
+
+/** Whether a start of `ms` met the target, and the sentence saying so. */
+export function coldStartVerdict(targetMs: number, ms: number): { met: boolean; message: string } {
   const took = Math.round(ms);
-  if (took <= target) options.note(`cold start took ${took} ms (target ${target} ms)`);
-  else options.warn(`cold start took ${took} ms, over the artifact's target of ${target} ms`);
+  return took <= targetMs
+    ? { met: true, message: `cold start took ${took} ms (target ${targetMs} ms)` }
+    : {
+      met: false,
+      message: `cold start took ${took} ms, over the artifact's target of ${targetMs} ms`,
+    };
 }

@@ -17,6 +17,7 @@ import { ValidationError, VmmError } from "../../src/errors.ts";
 import { manifestFromValue, MediaTypes } from "../../src/manifest/mod.ts";
 import { selectAdapter } from "../../src/runtime/mod.ts";
 import { ovmIn } from "../_helpers/runtime.ts";
+import { coldStartVerdict } from "../../src/cli/runtimes.ts";
 import { makeSpec } from "../_helpers/vmm_runtimes.ts";
 
 const FIXTURE = new URL("../fixtures/cherrybomb", import.meta.url).pathname;
@@ -238,4 +239,14 @@ Deno.test("a CLI runtime restores from a ramsnap blob decoded onto tmpfs, locked
     }
     await assert.rejects(Deno.stat(shm), Deno.errors.NotFound);
   });
+});
+
+Deno.test("the measured cold start is compared with the artifact's coldStartTargetMs", () => {
+  assert.deepEqual(coldStartVerdict(500, 420.4), {
+    met: true,
+    message: "cold start took 420 ms (target 500 ms)",
+  });
+  const miss = coldStartVerdict(500, 1234);
+  assert.equal(miss.met, false);
+  assert.match(miss.message, /1234 ms, over the artifact's target of 500 ms/);
 });
