@@ -1,0 +1,77 @@
+/**
+ * `ovm run --runtime cloud-hypervisor|firecracker` end to end through the
+ * runtime (state.json, ps, logs, stop) with the contract-checking fake
+ * VMMs on PATH: every API call the whole CLI path makes follows the
+ * official documents.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { ovmIn, readState } from "../_helpers/runtime.ts";
+import { fakeBin, makeSpec, readCallLog } from "../_helpers/vmm_runtimes.ts";
+import { pidAlive } from "../../src/process/mod.ts";
+
+for (const runtime of ["cloud-hypervisor", "firecracker"]) {
+  Deno.test(`ovm run --runtime ${runtime} starts, lists, logs and stops an instance through the VMM API`, async () => {
+    await using bin = await fakeBin();
+    const home = await Deno.makeTempDir({ prefix: "ovm-run-fake-" });
+    const savedPath = Deno.env.get("PATH")!;
+    const log = join(home, "calls.jsonl");
+    Deno.env.set("PATH", `${bin.dir}:${savedPath}`);
+    Deno.env.set("OVM_FAKE_VMM_LOG", log);
+    let pid: number | undefined;
+    try {
+      const files = await makeSpec(join(home, "src"));
+      const pack = await ovmIn(
+        home,
+        "pack",
+        "--kernel",
+        files.kernel,
+        "--initrd",
+        files.initrd!,
+        "--disk",
+        join(home, "src", "work", "base.qcow2"),
+        "--disk",
+        join(home, "src", "work", "top.qcow2"),
+        "--runtime",
+        runtime,
+        "-t",
+        "fake/vm:1",
+      );
+      assert.equal(pack.code, 0, pack.stderr);
+      const run = await ovmIn(
+        home,
+        "run",
+        "--runtime",
+        runtime,
+        "--net",
+        "none",
+        "-d",
+        "--name",
+        "f1",
+        "fake/vm:1",
+      );
+      assert.equal(run.code, 0, run.stderr);
+      assert.doesNotMatch(run.stderr, /prefers/);
+      const state = await readState(home, "f1");
+      assert.equal(state.adapter, runtime);
+      assert.equal(state.state, "running");
+      pid = state.pid as number;
+      const ps = await ovmIn(home, "ps", "--json");
+      assert.match(ps.stdout, /"f1"/);
+      const logs = await ovmIn(home, "logs", "f1");
+      assert.match(logs.stdout, /fake .* guest booted/);
+      const stop = await ovmIn(home, "stop", "f1");
+      assert.equal(stop.code, 0, stop.stderr);
+      assert.equal((await readState(home, "f1")).state, "stopped");
+      assert.equal(pidAlive(pid), false);
+      const calls = await readCallLog(log);
+      assert.ok(calls.length >= 3);
+      assert.deepEqual(calls.filter((c) => c.violations.length), []);
+    } finally {
+      Deno.env.set("PATH", savedPath);
+      Deno.env.delete("OVM_FAKE_VMM_LOG");
+      if (pid && pidAlive(pid)) Deno.kill(pid, "SIGKILL");
+      await Deno.remove(home, { recursive: true }).catch(() => {});
+    }
+  });
+}
