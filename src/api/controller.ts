@@ -70,7 +70,7 @@ export type Action =
 
 /** What applying an action gives: a JSON body, or an NDJSON stream. */
 export type ActionResult =
-  | { status: number; body: unknown }
+  | { status: number; body: unknown; timing?: Record<string, number> }
   | { status: number; stream: ReadableStream<Uint8Array> };
 
 export interface ControllerOptions {
@@ -265,7 +265,9 @@ export class Controller {
       throw e;
     }
     const t0 = performance.now();
+    let inStart = 0;
     const boot = this.#serial(id, async () => {
+      const s0 = performance.now();
       try {
         const started = await startInstance(this.#store, admittedRef, {
           name: id,
@@ -280,6 +282,7 @@ export class Controller {
         });
         // The VM belongs to its state.json from here: it outlives this server.
         started.vm.release();
+        inStart = performance.now() - s0;
         this.#bootMs.set(id, { ms: performance.now() - t0, restore });
         return started.state;
       } catch (e) {
@@ -297,7 +300,12 @@ export class Controller {
       return { status: 202, body: { instance_id: id, status: "starting" } satisfies StartResponse };
     }
     const state = await boot;
-    return { status: 200, body: { instance_id: id, status: state.state } satisfies StartResponse };
+    return {
+      status: 200,
+      body: { instance_id: id, status: state.state } satisfies StartResponse,
+      // The runtime's own share: what the API adds is the round trip minus this.
+      timing: { start: inStart },
+    };
   }
 
   async #stop(a: Extract<Action, { kind: "stop" }>): Promise<StopResponse> {

@@ -293,7 +293,10 @@ export function createHandler(
           headers: {
             "content-type": "application/json",
             // The time spent in the handler: the bench subtracts it from the round trip.
-            "server-timing": `app;dur=${ms.toFixed(3)}`,
+            "server-timing": [
+              `app;dur=${ms.toFixed(3)}`,
+              ...Object.entries(result.timing ?? {}).map(([k, v]) => `${k};dur=${v.toFixed(3)}`),
+            ].join(", "),
           },
         });
     } catch (e) {

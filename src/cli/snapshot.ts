@@ -6,6 +6,7 @@
  */
 import { ValidationError } from "../errors.ts";
 import { snapshotInstance } from "../runtime/snapshot.ts";
+import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 
 export const snapshotCommand: Command = {
@@ -20,6 +21,7 @@ export const snapshotCommand: Command = {
       type: "boolean",
       help: "Restores must lock the memory template in RAM (mlock_required)",
     },
+    socket: SOCKET_OPTION,
   },
   args: { min: 1, max: 1, names: "INSTANCE" },
   examples: [
@@ -30,6 +32,23 @@ export const snapshotCommand: Command = {
     const tag = str(input, "tag");
     if (!tag) {
       throw new ValidationError("Missing -t NAME:TAG", { hint: "ovm snapshot ID -t name:tag" });
+    }
+    // Through a running `ovm serve` when the API can carry it (POST /snapshot: tag only).
+    const plain = !str(input, "push") && !bool(input, "stop") && !bool(input, "mlock");
+    if (str(input, "socket") !== undefined && !plain) {
+      throw new ValidationError("--socket snapshots take only -t", {
+        hint: "drop --socket for --push, --stop or --mlock",
+      });
+    }
+    using server = plain
+      ? await findServer({ socket: str(input, "socket"), env: ctx.env, home: ctx.home })
+      : undefined;
+    if (server) {
+      const r = await server.snapshot(input.args[0], tag);
+      const res = { ref: r.tag, digest: r.snapshot_ref };
+      ctx.out.result(res);
+      ctx.out.line(`${res.ref} ${res.digest}`);
+      return;
     }
     const res = await snapshotInstance(ctx.home, input.args[0], {
       tag,

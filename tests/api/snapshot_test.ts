@@ -1,0 +1,125 @@
+/**
+ * RAM snapshots through the API under QEMU TCG: a counting guest without
+ * devices (the snapshot tests' artifact) boots once through `POST /start`, is
+ * snapshotted through `POST /snapshot`, and the snapshot is started again
+ * through the API — cold, then from the warm pool `ovm serve --warm-snapshot`
+ * hosts — and goes on counting. Responses are checked against the OpenAPI file.
+ */
+import assert from "node:assert/strict";
+import { counterHome } from "../_helpers/snapshot.ts";
+import { waitFor } from "../_helpers/runtime.ts";
+import {
+  CheckedClient,
+  serveProcess,
+  socketIn,
+  specValidator,
+  tempSocketDir,
+} from "../_helpers/api.ts";
+
+const VM = { memory: "256M", accel: "tcg", cpus: 1 };
+
+async function counts(c: CheckedClient, id: string): Promise<number[]> {
+  const logs = await c.call("GET", `/logs/${id}`);
+  return (logs.body as { line: string }[])
+    .map((r) => /^count (\d+)$/.exec(r.line.trim())?.[1])
+    .filter((x): x is string => x !== undefined)
+    .map(Number);
+}
+
+async function countsPast(c: CheckedClient, id: string, n: number): Promise<number[]> {
+  return await waitFor(async () => {
+    const all = await counts(c, id);
+    return all.length && all[all.length - 1] > n ? all : undefined;
+  }, { what: `${id} to count past ${n}`, timeoutMs: 90_000 });
+}
+
+Deno.test({
+  name: "a snapshot taken through the API restores through the API, cold and from the warm pool",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    await using h = await counterHome();
+    const dir = await tempSocketDir();
+    const socket = socketIn(dir);
+    const v = await specValidator();
+    let serve = await serveProcess(h.home, socket);
+    try {
+      using c = new CheckedClient(socket, v);
+      let snapAt = 0;
+
+      await t.step("POST /snapshot of a running guest gives a digest and it resumes", async () => {
+        const start = await c.call("POST", "/start?wait=true", {
+          manifest: h.ref,
+          overrides: { ...VM, name: "src" },
+        });
+        assert.equal(start.status, 200, JSON.stringify(start.body));
+        assert.deepEqual(start.body, { instance_id: "src", status: "running" });
+        await countsPast(c, "src", 3);
+        const snap = await c.call("POST", "/snapshot", {
+          instance_id: "src",
+          tag: "api/counter:snap",
+        });
+        assert.equal(snap.status, 200, JSON.stringify(snap.body));
+        assert.match(snap.body.snapshot_ref, /^sha256:[0-9a-f]{64}$/);
+        assert.equal(snap.body.tag, "api/counter:snap");
+        assert.equal((await h.store.resolve("api/counter:snap")).digest, snap.body.snapshot_ref);
+        const before = await counts(c, "src");
+        snapAt = before[before.length - 1];
+        // The source resumed: it keeps counting.
+        await countsPast(c, "src", snapAt + 2);
+        const st = await c.call("GET", "/status/src");
+        assert.equal(st.body.state, "running");
+        assert.equal(st.body.metrics.restore_ms, null);
+      });
+
+      await t.step("POST /start of the snapshot restores it and it counts on", async () => {
+        const start = await c.call("POST", "/start?wait=true", {
+          manifest: "api/counter:snap",
+          overrides: { ...VM, name: "cold" },
+        });
+        assert.equal(start.status, 200, JSON.stringify(start.body));
+        const all = await countsPast(c, "cold", snapAt + 1);
+        // It went on from the snapshot, it did not boot again.
+        assert.ok(all[0] >= snapAt - 1, `first count ${all[0]}, snapshot at ${snapAt}`);
+        const st = await c.call("GET", "/status/cold");
+        assert.equal(st.body.state, "running");
+        assert.ok(st.body.metrics.restore_ms > 0);
+        assert.equal((await c.call("POST", "/stop", { instance_id: "cold" })).status, 200);
+      });
+
+      await t.step("ovm serve --warm-snapshot starts it from a prepared VM", async () => {
+        assert.equal(await serve.stop("SIGTERM"), 0, serve.stderr());
+        serve = await serveProcess(
+          h.home,
+          socket,
+          "--warm-snapshot",
+          "api/counter:snap",
+          "--warm-pool",
+          "1",
+        );
+        await waitFor(() => /warm pool of 1 ready/.test(serve.stderr()) ? true : undefined, {
+          what: "the warm pool",
+          timeoutMs: 90_000,
+        });
+        const start = await c.call("POST", "/start?wait=true", {
+          manifest: "api/counter:snap",
+          overrides: { ...VM, name: "warm" },
+        });
+        assert.equal(start.status, 200, JSON.stringify(start.body));
+        const all = await countsPast(c, "warm", snapAt + 1);
+        assert.ok(all[0] >= snapAt - 1, `first count ${all[0]}, snapshot at ${snapAt}`);
+        for (const id of ["warm", "src"]) {
+          const r = await c.call("POST", "/stop", { instance_id: id, force: true });
+          assert.equal(r.status, 200, JSON.stringify(r.body));
+        }
+        assert.equal(await serve.stop("SIGTERM"), 0, serve.stderr());
+        // The pool's waiting QEMU went with the server: no pool directory is left.
+        const left = await Array.fromAsync(Deno.readDir(`${h.home}/pool`)).catch(() => []);
+        assert.deepEqual(left, []);
+      });
+    } finally {
+      await serve[Symbol.asyncDispose]();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
