@@ -17,6 +17,14 @@ export interface LayerFile {
   format: "qcow2" | "raw";
 }
 
+/** True when every byte is zero (eight bytes at a time; the buffer is 8-aligned). */
+function isZero(b: Uint8Array): boolean {
+  const words = new BigUint64Array(b.buffer, b.byteOffset, b.byteLength >> 3);
+  for (let i = 0; i < words.length; i++) if (words[i] !== 0n) return false;
+  for (let i = words.length << 3; i < b.byteLength; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
 /** Copies `length` bytes at `offset` of `src` into a new file, leaving holes where the source is zero. */
 async function copyRange(src: string, dest: string, offset: number, length: number): Promise<void> {
   using from = await Deno.open(src, { read: true });
@@ -29,7 +37,7 @@ async function copyRange(src: string, dest: string, offset: number, length: numb
     const n = await from.read(buf.subarray(0, Math.min(buf.byteLength, left)));
     if (n === null) throw new Error(`"${src}" ends before offset ${offset + length}`);
     const chunk = buf.subarray(0, n);
-    if (chunk.some((b) => b !== 0)) {
+    if (!isZero(chunk)) {
       await to.seek(pos, Deno.SeekMode.Start);
       let w = 0;
       while (w < n) w += await to.write(chunk.subarray(w));
