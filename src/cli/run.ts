@@ -207,7 +207,8 @@ export const runCommand: Command = {
         : undefined,
     });
     const id = started.state.id;
-    await reportColdStart(store, started.state.manifestDigest, performance.now() - startedAt, {
+    await reportColdStart(store, started.state.manifestDigest, {
+      ms: performance.now() - startedAt,
       note: (m) => ctx.out.info(m),
       warn: (m) => ctx.out.warn(m),
     }).catch(() => {});

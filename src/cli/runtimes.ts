@@ -72,13 +72,12 @@ export const runtimesCommand: Command = {
 export async function reportColdStart(
   store: ContentStore,
   manifestDigest: string,
-  ms: number,
-  options: { note: (m: string) => void; warn: (m: string) => void },
+  options: { ms: number; note: (m: string) => void; warn: (m: string) => void },
 ): Promise<void> {
   const target = (await loadArtifact(store, manifestDigest)).manifest.runtimeHints
     ?.coldStartTargetMs;
   if (target === undefined) return;
-  const v = coldStartVerdict(target, ms);
+  const v = coldStartVerdict(target, options.ms);
   if (v.met) options.note(v.message);
   else options.warn(v.message);
 }
