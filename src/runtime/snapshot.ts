@@ -106,7 +106,9 @@ export async function snapshotInstance(
     resumed = true;
     if (options.after === "stop") {
       await stopInstance(home, id, { force: true, reason: "stopped after 'ovm snapshot --stop'" });
-    } else {
+    } else if (state.state === "running") {
+      // A paused source stays paused (QEMU's postmigrate; `cont` later
+      // reactivates its disks).
       await adapter.resume(state.vm!);
     }
   };

@@ -224,8 +224,12 @@ export class QemuAdapter implements VmmAdapter {
     return handle.pidStartTime === undefined || st === handle.pidStartTime;
   }
 
-  async #connect(handle: VmHandle, timeoutMs = 5000): Promise<QmpClient> {
-    return await QmpClient.connect(handle.controlSocket, { timeoutMs, cwdPid: handle.pid });
+  async #connect(handle: VmHandle, timeoutMs = 5000, retryMs = 0): Promise<QmpClient> {
+    return await QmpClient.connect(handle.controlSocket, {
+      timeoutMs,
+      cwdPid: handle.pid,
+      retryMs,
+    });
   }
 
   async status(handle: VmHandle): Promise<VmStatus> {
@@ -365,7 +369,11 @@ export class QemuAdapter implements VmmAdapter {
         await Deno.chown(dir, owner.uid, owner.gid);
         await Deno.chown(sock, owner.uid, owner.gid);
       }
-      await qmp.execute("stop");
+      // No `stop` first: with x-ignore-shared there is no RAM to iterate, so
+      // QEMU goes straight to completion, which stops the vCPUs, saves the
+      // devices and flushes and inactivates the disks; the guest stays
+      // stopped (postmigrate) until resumed. The stream records "running",
+      // so a restore resumes by itself, without a `cont` round trip.
       await qmp.execute("migrate-set-capabilities", {
         capabilities: [{ capability: "x-ignore-shared", state: true }],
       });
@@ -425,7 +433,7 @@ export class QemuAdapter implements VmmAdapter {
     const vm = await this.#spawn(spec, options, true);
     let qmp: QmpClient | undefined;
     try {
-      qmp = await this.#connect(vm.handle);
+      qmp = await this.#connect(vm.handle, 5000, 2000);
       await qmp.execute("migrate-set-capabilities", {
         capabilities: [
           { capability: "x-ignore-shared", state: true },
@@ -452,17 +460,21 @@ export class QemuAdapter implements VmmAdapter {
     options: { timeoutMs?: number; socketPath?: string } = {},
   ): Promise<void> {
     const { qmp, vm } = incoming;
-    // The source was paused for the snapshot, so QEMU keeps the restored VM
-    // paused after loading (it restores the recorded run state): `cont` it.
+    // QEMU restores the run state the snapshot recorded: a snapshot of a
+    // running guest resumes by itself (RESUME comes before MIGRATION
+    // completed); one of a paused guest stays paused, and gets a `cont`.
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const loaded = new Promise<void>((resolve, reject) => {
+    const running = new Promise<void>((resolve, reject) => {
+      let resumed = false;
       const off = qmp.onEvent((e) => {
         const status = e.data?.status;
-        if (e.event !== "MIGRATION") return;
-        if (status === "completed") {
+        if (e.event === "RESUME") {
+          resumed = true;
           off();
           resolve();
-        } else if (status === "failed" || status === "cancelled") {
+        } else if (e.event === "MIGRATION" && status === "completed" && !resumed) {
+          qmp.execute("cont").catch(reject);
+        } else if (e.event === "MIGRATION" && (status === "failed" || status === "cancelled")) {
           off();
           reject(new VmmError("qemu", "restore", `loading the device state ${status}`));
         }
@@ -476,7 +488,7 @@ export class QemuAdapter implements VmmAdapter {
         reject(new VmmError("qemu", "restore", "loading the device state timed out"));
       }, options.timeoutMs ?? 30_000);
     });
-    loaded.catch(() => {}).finally(() => clearTimeout(timer));
+    running.catch(() => {}).finally(() => clearTimeout(timer));
     let path = options.socketPath ?? join(incoming.spec.vmDir, MIGRATION_SOCKET_NAME);
     if (path.length > 107) path = `/proc/${vm.handle.pid}/cwd/${MIGRATION_SOCKET_NAME}`;
     const conn = await Deno.connect({ transport: "unix", path }).catch((e) => {
@@ -491,8 +503,7 @@ export class QemuAdapter implements VmmAdapter {
       conn.close();
     }
     try {
-      await loaded;
-      await qmp.execute("cont");
+      await running;
     } catch (e) {
       const tail = await tailFile(join(incoming.spec.vmDir, QEMU_LOG_NAME), 10);
       throw new VmmError("qemu", "restore", "the guest did not resume from the snapshot", {

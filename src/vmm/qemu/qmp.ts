@@ -46,17 +46,27 @@ export class QmpClient implements AsyncDisposable {
    */
   static async connect(
     path: string,
-    options: { timeoutMs?: number; cwdPid?: number } = {},
+    options: { timeoutMs?: number; cwdPid?: number; retryMs?: number } = {},
   ): Promise<QmpClient> {
     let target = path;
     if (path.length > MAX_SOCKET_PATH && options.cwdPid) {
       target = `/proc/${options.cwdPid}/cwd/${path.slice(path.lastIndexOf("/") + 1)}`;
     }
     let conn: Deno.UnixConn;
-    try {
-      conn = await Deno.connect({ transport: "unix", path: target });
-    } catch (e) {
-      throw new VmmError("qemu", "qmp connect", `cannot connect to "${path}"`, { cause: e });
+    // QEMU binds the socket a moment before it listens: a fresh VM may
+    // refuse for that moment (`retryMs` covers it).
+    const until = Date.now() + (options.retryMs ?? 0);
+    while (true) {
+      try {
+        conn = await Deno.connect({ transport: "unix", path: target });
+        break;
+      } catch (e) {
+        if (Date.now() < until && e instanceof Deno.errors.ConnectionRefused) {
+          await new Promise((r) => setTimeout(r, 1));
+          continue;
+        }
+        throw new VmmError("qemu", "qmp connect", `cannot connect to "${path}"`, { cause: e });
+      }
     }
     const client = new QmpClient(conn);
     try {
