@@ -13,6 +13,7 @@ import { FirecrackerAdapter } from "../../src/vmm/firecracker/mod.ts";
 import type { VmSpec } from "../../src/vmm/adapter.ts";
 import { ValidationError, VmmError } from "../../src/errors.ts";
 import { pidAlive } from "../../src/process/mod.ts";
+import { HttpUnixClient } from "../../src/vmm/http_unix.ts";
 import { ApiContract } from "../_helpers/vmm_contract.ts";
 import {
   BASE_BYTE,
@@ -339,6 +340,22 @@ Deno.test("Firecracker refuses a bzImage kernel before starting anything", async
     new DataView(img.buffer).setUint32(0x202, 0x53726448, true); // "HdrS"
     await Deno.writeFile(spec.kernel, img);
     await assert.rejects(new FirecrackerAdapter().prepare(spec), /is a bzImage; Firecracker boots/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a VMM whose API socket is gone gives a VmmError naming the step", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    using api = new HttpUnixClient(join(dir, "gone.sock"), { adapter: "firecracker" });
+    const err = await api.request("GET", "/", { step: "GET /" }).then(() => undefined, (e) => e);
+    assert.ok(err instanceof VmmError);
+    assert.equal(err.step, "GET /");
+    assert.match(
+      err.message,
+      /firecracker: GET \/: the API on ".*gone\.sock" did not answer GET \//,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

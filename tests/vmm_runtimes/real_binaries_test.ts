@@ -15,11 +15,13 @@ import { assembleChain } from "../../src/runtime/chain.ts";
 import type { VmmAdapter, VmSpec } from "../../src/vmm/adapter.ts";
 import { CloudHypervisorAdapter } from "../../src/vmm/cloud_hypervisor/mod.ts";
 import { FirecrackerAdapter } from "../../src/vmm/firecracker/mod.ts";
-import { demoHome, waitFor } from "../_helpers/runtime.ts";
+import { demoHome, ovmIn, waitFor } from "../_helpers/runtime.ts";
 
 const CH = await which("cloud-hypervisor");
 const FC = await which("firecracker");
 const FC_KERNEL = Deno.env.get("OVM_FC_KERNEL");
+const CB = await which("cherrybomb");
+if (!CB) console.log("skipping the real Cherrybomb test: cherrybomb is not on PATH");
 if (!CH) console.log("skipping the real Cloud Hypervisor test: cloud-hypervisor is not on PATH");
 if (!FC || !FC_KERNEL) {
   console.log(
@@ -95,4 +97,33 @@ Deno.test({
     "a real firecracker boots the demo chain flattened to raw, pauses, snapshots, resumes and stops",
   ignore: !FC || !FC_KERNEL,
   fn: () => lifecycle(new FirecrackerAdapter(), FC_KERNEL),
+});
+
+Deno.test({
+  name: "a real cherrybomb on PATH boots the demo artifact and its console shows in ovm logs",
+  ignore: !CB,
+  fn: async () => {
+    await using demo = await demoHome();
+    const run = await ovmIn(
+      demo.home,
+      "run",
+      "--runtime",
+      "cherrybomb",
+      "--net",
+      "none",
+      "-d",
+      "--name",
+      "cb",
+      demo.artifact.ref,
+    );
+    assert.equal(run.code, 0, run.stderr);
+    try {
+      await waitFor(async () => {
+        const r = await ovmIn(demo.home, "logs", "cb");
+        return /OVMS-EXIT|ivshmem region at/.test(r.stdout) ? true : undefined;
+      }, { timeoutMs: 90_000, what: "console output" });
+    } finally {
+      await ovmIn(demo.home, "rm", "-f", "cb");
+    }
+  },
 });
