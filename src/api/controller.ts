@@ -107,7 +107,7 @@ export class Controller {
   readonly #pending = new Map<string, Pending>();
   readonly #failed = new Map<string, Failed>();
   /** Start request to first console output (or to the restored VM running), per instance. */
-  readonly #bootMs = new Map<string, { ms: number; restore: boolean }>();
+  readonly #bootMs = new Map<string, { ms: number; restore?: boolean }>();
   readonly #closing = new AbortController();
 
   constructor(store: ContentStore, options: ControllerOptions = {}) {
@@ -238,9 +238,11 @@ export class Controller {
     };
     this.#pending.set(id, pending);
     let admittedRef: string;
-    let restore = false;
+    const marks: number[] = [];
     try {
-      if (await this.#onDisk(id)) {
+      marks.push(performance.now());
+      // (A waiting start learns it from the store's exclusive create instead.)
+      if (!a.wait && await this.#onDisk(id)) {
         throw new ConflictError(`Instance "${id}" already exists`, {
           hint: "pick another name, or remove it with DELETE /instances/{id}",
         });
@@ -255,9 +257,13 @@ export class Controller {
         policyFile: this.#options.policyFile,
         warn: this.#options.note,
       });
+      marks.push(performance.now());
       admittedRef = admitted?.pinned ?? ref;
-      // Resolve now: an unknown manifest is a 404 to this request, not a failed start later.
-      restore = (await loadArtifact(this.#store, admittedRef)).manifest.ramSnapshot !== undefined;
+      // Resolve now (an index lookup): an unknown manifest is a 404 to this
+      // request, not a failed start later. A waiting request gets the start's
+      // own error anyway.
+      if (!a.wait) await this.#store.resolve(admittedRef);
+      marks.push(performance.now());
       this.#failed.delete(id);
     } catch (e) {
       this.#pending.delete(id);
@@ -266,8 +272,10 @@ export class Controller {
     }
     const t0 = performance.now();
     let inStart = 0;
+    let s0q = 0;
     const boot = this.#serial(id, async () => {
       const s0 = performance.now();
+      s0q = s0;
       try {
         const started = await startInstance(this.#store, admittedRef, {
           name: id,
@@ -283,10 +291,10 @@ export class Controller {
         // The VM belongs to its state.json from here: it outlives this server.
         started.vm.release();
         inStart = performance.now() - s0;
-        this.#bootMs.set(id, { ms: performance.now() - t0, restore });
+        this.#bootMs.set(id, { ms: performance.now() - t0 });
         return started.state;
       } catch (e) {
-        if (!(await this.#onDisk(id))) {
+        if (!a.wait && !(await this.#onDisk(id))) {
           this.#failed.set(id, { ref: a.manifest, createdAt, reason: describeError(e) });
         }
         throw e;
@@ -304,7 +312,12 @@ export class Controller {
       status: 200,
       body: { instance_id: id, status: state.state } satisfies StartResponse,
       // The runtime's own share: what the API adds is the round trip minus this.
-      timing: { start: inStart },
+      timing: {
+        start: inStart,
+        admit: marks[1] - marks[0],
+        resolve: marks[2] - marks[1],
+        queue: s0q - marks[2],
+      },
     };
   }
 
@@ -449,6 +462,14 @@ export class Controller {
       };
     }
     const live = isActive(s) && s.pid !== undefined;
+    const boot = this.#bootMs.get(id);
+    if (boot && boot.restore === undefined) {
+      // Whether the start restored a RAM snapshot: learnt once, off the start's path.
+      boot.restore = await loadArtifact(this.#store, s.manifestDigest).then(
+        (a) => a.manifest.ramSnapshot !== undefined,
+        () => false,
+      );
+    }
     const mem = live ? await memoryUse(s.pid!) : { rss: null, pss: null };
     const started = s.startedAt ? Date.parse(s.startedAt) : undefined;
     const end = isActive(s) ? Date.now() : s.stoppedAt ? Date.parse(s.stoppedAt) : undefined;
@@ -465,8 +486,8 @@ export class Controller {
         pss_bytes: mem.pss,
         disk_bytes: await diskUsage(dir),
         start_ms: started !== undefined ? Math.max(0, started - Date.parse(s.createdAt)) : null,
-        boot_ms: this.#bootMs.get(id)?.ms ?? null,
-        restore_ms: this.#bootMs.get(id)?.restore ? this.#bootMs.get(id)!.ms : null,
+        boot_ms: boot?.ms ?? null,
+        restore_ms: boot?.restore ? boot.ms : null,
       },
     };
   }
