@@ -9,6 +9,8 @@ import type { ContentStore } from "../store/mod.ts";
 import { loadArtifact } from "../store/mod.ts";
 import { adapterNames, getAdapter, loadRuntimes } from "../vmm/mod.ts";
 import { CliRuntimeAdapter } from "../vmm/descriptor/mod.ts";
+import { probeVersion } from "../vmm/http_unix.ts";
+import { QemuAdapter } from "../vmm/qemu/mod.ts";
 import type { AdapterCapabilities } from "../vmm/adapter.ts";
 import type { Command } from "./command.ts";
 
@@ -28,6 +30,10 @@ export async function listRuntimes(home: string): Promise<RuntimeInfo[]> {
   for (const name of adapterNames()) {
     const a = getAdapter(name);
     const av = await a.available();
+    // QEMU's available() skips the probe (it runs on every `ovm run`); here it is wanted.
+    if (av.ok && av.version === "unknown" && a instanceof QemuAdapter) {
+      av.version = await probeVersion(Deno.env.get("OVM_QEMU") ?? "qemu-system-x86_64");
+    }
     out.push({
       name,
       kind: a instanceof CliRuntimeAdapter ? "descriptor" : "adapter",

@@ -7,7 +7,7 @@
  * naming the adapter and the step, with the VMM's own message.
  */
 import { VmmError } from "../errors.ts";
-import { type ProcessHandle, processStartTime, signalPid, spawn } from "../process/mod.ts";
+import { type ProcessHandle, processStartTime, run, signalPid, spawn } from "../process/mod.ts";
 import type { VmHandle } from "./adapter.ts";
 
 export interface HttpUnixOptions {
@@ -237,4 +237,11 @@ export async function tailText(path: string, lines: number): Promise<string> {
   } catch {
     return "";
   }
+}
+
+/** `<bin> --version` → "53.0" from "cloud-hypervisor v53.0" or "Firecracker v1.17.0"; "unknown" otherwise. */
+export async function probeVersion(bin: string): Promise<string> {
+  const r = await run(bin, ["--version"], { allowFailure: true }).catch(() => undefined);
+  const m = r ? /\bv?(\d+\.\d+(?:\.\d+)?(?:-[\w.]+)?)/.exec(r.stdout + r.stderr) : null;
+  return m?.[1] ?? "unknown";
 }

@@ -96,19 +96,39 @@ export async function readDiskBytes(image: string, offset: number, n = 16): Prom
   }
 }
 
+/** How the fakes behave; baked into their wrapper scripts (no process-wide env changes). */
+export interface FakeOptions {
+  /** JSON-lines file every API call is appended to. */
+  log?: string;
+  /** `METHOD /path STATUS message`: an injected error reply. */
+  fail?: string;
+  /** Print this on stderr and exit 1 at once. */
+  exitAtOnce?: string;
+}
+
 /** A temp directory with fake `cloud-hypervisor` and `firecracker` executables. */
-export async function fakeBin(): Promise<{ dir: string } & AsyncDisposable> {
+export async function fakeBin(
+  options: FakeOptions = {},
+): Promise<{ dir: string; ch: string; fc: string } & AsyncDisposable> {
   const dir = await Deno.makeTempDir({ prefix: "ovm-fake-vmm-" });
+  const q = (v: string) => `'${v.replaceAll("'", "'\\''")}'`;
+  const env = [
+    options.log ? `export OVM_FAKE_VMM_LOG=${q(options.log)}` : "",
+    options.fail ? `export OVM_FAKE_VMM_FAIL=${q(options.fail)}` : "",
+    options.exitAtOnce ? `export OVM_FAKE_VMM_EXIT_AT_ONCE=${q(options.exitAtOnce)}` : "",
+  ].filter(Boolean).join("\n");
   for (const [name, kind] of [["cloud-hypervisor", "ch"], ["firecracker", "fc"]]) {
     const p = join(dir, name);
     await Deno.writeTextFile(
       p,
-      `#!/bin/sh\nexec "${Deno.execPath()}" run -A --quiet "${FAKE_MAIN}" ${kind} "$@"\n`,
+      `#!/bin/sh\n${env}\nexec "${Deno.execPath()}" run -A --quiet "${FAKE_MAIN}" ${kind} "$@"\n`,
     );
     await Deno.chmod(p, 0o755);
   }
   return {
     dir,
+    ch: join(dir, "cloud-hypervisor"),
+    fc: join(dir, "firecracker"),
     async [Symbol.asyncDispose]() {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     },

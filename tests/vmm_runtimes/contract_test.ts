@@ -18,6 +18,7 @@ import { ApiContract } from "../_helpers/vmm_contract.ts";
 import {
   BASE_BYTE,
   fakeBin,
+  type FakeOptions,
   type LoggedCall,
   makeSpec,
   readCallLog,
@@ -26,23 +27,17 @@ import {
   TOP_OFFSET,
 } from "../_helpers/vmm_runtimes.ts";
 
-/** Runs `fn` with the fakes first on PATH and a fresh call log; restores the environment. */
+/** Runs `fn` with fake VMM binaries (configured by `options`) and a fresh call log. */
 async function withFakes(
-  fn: (ctx: { dir: string; log: string }) => Promise<void>,
-  env: Record<string, string> = {},
+  fn: (ctx: { dir: string; log: string; ch: string; fc: string }) => Promise<void>,
+  options: Omit<FakeOptions, "log"> = {},
 ): Promise<void> {
-  await using bin = await fakeBin();
   const dir = await Deno.makeTempDir({ prefix: "ovm-contract-" });
-  const saved = { PATH: Deno.env.get("PATH")! };
   const log = join(dir, "calls.jsonl");
-  Deno.env.set("PATH", `${bin.dir}:${saved.PATH}`);
-  Deno.env.set("OVM_FAKE_VMM_LOG", log);
-  for (const [k, v] of Object.entries(env)) Deno.env.set(k, v);
   try {
-    await fn({ dir, log });
+    await using bin = await fakeBin({ ...options, log });
+    await fn({ dir, log, ch: bin.ch, fc: bin.fc });
   } finally {
-    Deno.env.set("PATH", saved.PATH);
-    for (const k of ["OVM_FAKE_VMM_LOG", ...Object.keys(env)]) Deno.env.delete(k);
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 }
@@ -95,9 +90,9 @@ Deno.test("the contract checker refuses a request the official documents do not 
 });
 
 Deno.test("the Cloud Hypervisor adapter's whole lifecycle follows the official OpenAPI document", async () => {
-  await withFakes(async ({ dir, log }) => {
-    const adapter = new CloudHypervisorAdapter();
-    assert.equal((await adapter.available()).ok, true);
+  await withFakes(async ({ dir, log, ch }) => {
+    const adapter = new CloudHypervisorAdapter({ binary: ch });
+    assert.deepEqual(await adapter.available(), { ok: true, version: "53.0-fake" });
     const spec = await makeSpec(dir);
     const pids: number[] = [];
     try {
@@ -181,8 +176,9 @@ Deno.test("the Cloud Hypervisor adapter's whole lifecycle follows the official O
 });
 
 Deno.test("the Firecracker adapter's whole lifecycle follows the official Swagger document", async () => {
-  await withFakes(async ({ dir, log }) => {
-    const adapter = new FirecrackerAdapter();
+  await withFakes(async ({ dir, log, fc }) => {
+    const adapter = new FirecrackerAdapter({ binary: fc });
+    assert.deepEqual(await adapter.available(), { ok: true, version: "1.17.0-fake" });
     const spec = await makeSpec(dir);
     const pids: number[] = [];
     try {
@@ -274,31 +270,36 @@ Deno.test("the Firecracker adapter's whole lifecycle follows the official Swagge
 });
 
 Deno.test("a VMM API error is surfaced with its message and the step that failed", async () => {
-  await withFakes(async ({ dir }) => {
+  await withFakes(async ({ dir, ch }) => {
     const spec = await makeSpec(dir);
-    const adapter = new CloudHypervisorAdapter();
+    const adapter = new CloudHypervisorAdapter({ binary: ch });
     await adapter.prepare(spec);
     const err = await adapter.start(spec).then(() => undefined, (e) => e);
     assert.ok(err instanceof VmmError, String(err));
     assert.equal(err.adapter, "cloud-hypervisor");
     assert.equal(err.step, "vm.boot");
     assert.match(err.message, /HTTP 404: Error booting VM: InvalidPayload \(injected\)/);
-  }, { OVM_FAKE_VMM_FAIL: "PUT /vm.boot 404 Error booting VM: InvalidPayload (injected)" });
+  }, { fail: "PUT /vm.boot 404 Error booting VM: InvalidPayload (injected)" });
 
-  await withFakes(async ({ dir }) => {
+  await withFakes(async ({ dir, fc }) => {
     const spec = await makeSpec(dir);
-    const adapter = new FirecrackerAdapter();
+    const adapter = new FirecrackerAdapter({ binary: fc });
     await adapter.prepare(spec);
     const err = await adapter.start(spec).then(() => undefined, (e) => e);
     assert.ok(err instanceof VmmError, String(err));
     assert.equal(err.step, "PUT /actions");
     assert.match(err.message, /HTTP 400: Cannot start microvm: kernel not found \(injected\)/);
-  }, { OVM_FAKE_VMM_FAIL: "PUT /actions 400 Cannot start microvm: kernel not found (injected)" });
+  }, { fail: "PUT /actions 400 Cannot start microvm: kernel not found (injected)" });
 });
 
 Deno.test("a VMM binary that exits at once fails the start with its stderr", async () => {
-  await withFakes(async ({ dir }) => {
-    for (const adapter of [new CloudHypervisorAdapter(), new FirecrackerAdapter()]) {
+  await withFakes(async ({ dir, ch, fc }) => {
+    for (
+      const adapter of [
+        new CloudHypervisorAdapter({ binary: ch }),
+        new FirecrackerAdapter({ binary: fc }),
+      ]
+    ) {
       const spec = await makeSpec(join(dir, adapter.name));
       await adapter.prepare(spec);
       const err = await adapter.start(spec).then(() => undefined, (e) => e);
@@ -307,7 +308,7 @@ Deno.test("a VMM binary that exits at once fails the start with its stderr", asy
       assert.match(err.message, /exited at once with code 1/);
       assert.match(err.hint ?? "", /Error: failed to open \/dev\/kvm: Permission denied/);
     }
-  }, { OVM_FAKE_VMM_EXIT_AT_ONCE: "Error: failed to open /dev/kvm: Permission denied" });
+  }, { exitAtOnce: "Error: failed to open /dev/kvm: Permission denied" });
 });
 
 Deno.test("ivshmem devices and user networking are refused clearly by Cloud Hypervisor and Firecracker", async () => {

@@ -18,7 +18,9 @@ import { manifestFromValue, MediaTypes } from "../../src/manifest/mod.ts";
 import { selectAdapter } from "../../src/runtime/mod.ts";
 import { ovmIn } from "../_helpers/runtime.ts";
 import { coldStartVerdict } from "../../src/cli/runtimes.ts";
-import { makeSpec } from "../_helpers/vmm_runtimes.ts";
+import { fakeBin, makeSpec } from "../_helpers/vmm_runtimes.ts";
+
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 const FIXTURE = new URL("../fixtures/cherrybomb", import.meta.url).pathname;
 
@@ -140,14 +142,30 @@ Deno.test("the runtime binary comes from --runtime-path, else the descriptor, el
   const missing = await new CliRuntimeAdapter(cb, { binary: "/nonexistent/cherrybomb" })
     .available();
   assert.equal(missing.ok, false);
-  const saved = Deno.env.get("PATH")!;
-  Deno.env.set("PATH", `${new URL("../fixtures", import.meta.url).pathname}:${saved}`);
-  try {
-    const av = await new CliRuntimeAdapter(cb).available();
-    assert.deepEqual(av, { ok: true, version: "0.1.0" });
-  } finally {
-    Deno.env.set("PATH", saved);
-  }
+  // PATH lookup in a separate ovm process: test modules share this process's environment.
+  await withTemp(async (home) => {
+    await using bin = await fakeBin();
+    const fixtures = new URL("../fixtures", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, "runtimes", "--json", "--home", home],
+      env: { PATH: `${fixtures}:${bin.dir}:${Deno.env.get("PATH")}` },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const list = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+      name: string;
+      installed: boolean;
+      version?: string;
+    }[];
+    const by = (n: string) => list.find((r) => r.name === n)!;
+    assert.deepEqual([by("cherrybomb").installed, by("cherrybomb").version], [true, "0.1.0"]);
+    assert.deepEqual([by("cloud-hypervisor").installed, by("cloud-hypervisor").version], [
+      true,
+      "53.0-fake",
+    ]);
+    assert.equal(by("firecracker").version, "1.17.0-fake");
+  });
 });
 
 Deno.test("a device type the descriptor does not map is an error naming it", async () => {

@@ -22,7 +22,14 @@ import type {
   VmStatus,
 } from "../adapter.ts";
 import { createOverlayOn, materializeLayers } from "../descriptor/chain_files.ts";
-import { HttpUnixClient, killVmm, launchApiVmm, vmmAlive, waitGone } from "../http_unix.ts";
+import {
+  HttpUnixClient,
+  killVmm,
+  launchApiVmm,
+  probeVersion,
+  vmmAlive,
+  waitGone,
+} from "../http_unix.ts";
 
 export const CH_SOCKET_NAME = "ch.sock";
 export const CH_LOG_NAME = "cloud-hypervisor.log";
@@ -82,10 +89,9 @@ export class CloudHypervisorAdapter implements VmmAdapter {
   }
 
   async available(): Promise<{ ok: true; version: string } | { ok: false; reason: string }> {
-    if (!(await which(this.#binary))) {
-      return { ok: false, reason: `"${this.#binary}" is not installed` };
-    }
-    return { ok: true, version: "unknown" };
+    const bin = await which(this.#binary);
+    if (!bin) return { ok: false, reason: `"${this.#binary}" is not installed` };
+    return { ok: true, version: await probeVersion(bin) };
   }
 
   #check(spec: VmSpec): void {

@@ -24,7 +24,14 @@ import type {
   VmStatus,
 } from "../adapter.ts";
 import { flattenToRaw } from "../descriptor/chain_files.ts";
-import { HttpUnixClient, killVmm, launchApiVmm, vmmAlive, waitGone } from "../http_unix.ts";
+import {
+  HttpUnixClient,
+  killVmm,
+  launchApiVmm,
+  probeVersion,
+  vmmAlive,
+  waitGone,
+} from "../http_unix.ts";
 
 export const FC_SOCKET_NAME = "firecracker.sock";
 export const FC_LOG_NAME = "firecracker.log";
@@ -115,10 +122,9 @@ export class FirecrackerAdapter implements VmmAdapter {
   }
 
   async available(): Promise<{ ok: true; version: string } | { ok: false; reason: string }> {
-    if (!(await which(this.#binary))) {
-      return { ok: false, reason: `"${this.#binary}" is not installed` };
-    }
-    return { ok: true, version: "unknown" };
+    const bin = await which(this.#binary);
+    if (!bin) return { ok: false, reason: `"${this.#binary}" is not installed` };
+    return { ok: true, version: await probeVersion(bin) };
   }
 
   async #check(spec: VmSpec): Promise<void> {
