@@ -21,6 +21,8 @@ export interface RuntimeInfo {
   version?: string;
   reason?: string;
   capabilities: AdapterCapabilities;
+  /** Snapshot kinds the runtime can restore (descriptor runtimes restore but do not take them). */
+  restoreKinds: string[];
 }
 
 /** Probes every known runtime (`available()` of each; descriptors run their version probe). */
@@ -40,6 +42,7 @@ export async function listRuntimes(home: string): Promise<RuntimeInfo[]> {
       installed: av.ok,
       ...(av.ok ? { version: av.version } : { reason: av.reason }),
       capabilities: a.capabilities,
+      restoreKinds: a instanceof CliRuntimeAdapter ? a.restoreKinds : a.capabilities.snapshotKinds,
     });
   }
   return out;
@@ -62,7 +65,8 @@ export const runtimesCommand: Command = {
         r.installed ? "yes" : "no",
         r.version ?? "-",
         r.capabilities.devices.join(",") || "-",
-        r.capabilities.snapshotKinds.join(",") || "-",
+        r.capabilities.snapshotKinds.join(",") ||
+        (r.restoreKinds.length ? `${r.restoreKinds.join(",")} (restore only)` : "-"),
         r.capabilities.pause ? "yes" : "no",
         r.capabilities.network.join(","),
       ]),

@@ -125,6 +125,12 @@ Deno.test("descriptors in $OVM_HOME/runtimes are loaded, listed by ovm runtimes,
     assert.equal(m.kind, "descriptor");
     assert.deepEqual(m.capabilities.devices, []);
     assert.equal(list.find((x) => x.name === "firecracker")!.installed, false);
+    // Cherrybomb restores RAM snapshots (--ram-snapshot) but cannot take them.
+    const cb = list.find((x) => x.name === "cherrybomb")! as unknown as {
+      restoreKinds: string[];
+      capabilities: { snapshotKinds: string[] };
+    };
+    assert.deepEqual([cb.restoreKinds, cb.capabilities.snapshotKinds], [["ram"], []]);
 
     await Deno.writeTextFile(
       join(home, "runtimes", "zz-bad.json"),

@@ -56,6 +56,8 @@ export class CliRuntimeAdapter implements VmmAdapter {
   readonly name: string;
   readonly capabilities: AdapterCapabilities;
   readonly descriptor: RuntimeDescriptor;
+  /** Snapshot kinds `restore` accepts (`ram` when the descriptor maps `ramSnapshot`). */
+  readonly restoreKinds: SnapshotKind[];
   readonly #binary?: string;
   readonly #qemuImg: string;
   readonly #graceMs: number;
@@ -66,9 +68,11 @@ export class CliRuntimeAdapter implements VmmAdapter {
     this.#binary = options.binary;
     this.#qemuImg = options.qemuImg ?? "qemu-img";
     this.#graceMs = options.startGraceMs ?? 500;
+    this.restoreKinds = descriptor.args.ramSnapshot ? ["ram"] : [];
     this.capabilities = {
       devices: descriptor.args.devices.ivshmem ? ["ivshmem"] : [],
-      snapshotKinds: descriptor.args.ramSnapshot ? ["ram"] : [],
+      // A CLI runtime cannot take snapshots; it may restore them (restoreKinds).
+      snapshotKinds: [],
       diskFormats: ["qcow2", "raw"],
       network: descriptor.network,
       pause: false,
