@@ -291,3 +291,51 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "the CLI acts through the server $OVM_SOCKET names, and directly without one",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const home = await tempHome();
+    const dir = await tempSocketDir();
+    const socket = socketIn(dir);
+    const run = async (env: Record<string, string>, ...argv: string[]) => {
+      let out = "";
+      const code = await runCli([...argv, "--home", home], {
+        env: { get: (k) => env[k] },
+        stdout: {
+          writeSync: (b) => {
+            out += new TextDecoder().decode(b);
+            return b.byteLength;
+          },
+          isTerminal: () => false,
+        },
+        stderr: { writeSync: (b) => b.byteLength, isTerminal: () => false },
+      });
+      return { code, out };
+    };
+    try {
+      await stoppedInstance(home, "done");
+      await using _s = await startServer(home, socket);
+      // Through the server: the API's instance summaries.
+      const via = await run({ OVM_SOCKET: socket }, "ps", "-a", "--json");
+      assert.equal(via.code, 0);
+      assert.deepEqual(JSON.parse(via.out).map((s: { instance_id: string }) => s.instance_id), [
+        "done",
+      ]);
+      const logs = await run({ OVM_SOCKET: socket }, "logs", "done");
+      assert.equal(logs.out, "booted\nOVMS-EXIT: 0\n");
+      // No server named (and none on the default path for this home): state.json records.
+      const direct = await run({ OVM_SOCKET: join(dir, "none.sock") }, "ps", "-a", "--json");
+      assert.equal(direct.code, 0);
+      assert.deepEqual(JSON.parse(direct.out).map((s: { id: string }) => s.id), ["done"]);
+      // An explicit --socket with nobody behind it is an error, not a silent fallback.
+      const missing = await run({}, "ps", "--socket", join(dir, "none.sock"));
+      assert.notEqual(missing.code, 0);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(home, { recursive: true });
+    }
+  },
+});
