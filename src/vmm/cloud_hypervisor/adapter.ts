@@ -108,13 +108,13 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     }
   }
 
-  async prepare(spec: VmSpec): Promise<void> {
+  async prepare(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<void> {
     this.#check(spec);
     await Deno.mkdir(spec.vmDir, { recursive: true, mode: 0o700 });
     if (spec.rootDisk) {
       const top = spec.rootDisk.layers.at(-1);
       if (!top) throw new ValidationError("The root disk has no layers");
-      const opts = { adapter: ADAPTER, qemuImg: this.#qemuImg };
+      const opts = { adapter: ADAPTER, qemuImg: this.#qemuImg, signal: options.signal };
       const layers = await materializeLayers(spec.rootDisk.layers, spec.vmDir, opts);
       await createOverlayOn(layers.at(-1)!, spec.rootDisk.overlay, {
         ...opts,

@@ -26,7 +26,12 @@ function isZero(b: Uint8Array): boolean {
 }
 
 /** Copies `length` bytes at `offset` of `src` into a new file, leaving holes where the source is zero. */
-async function copyRange(src: string, dest: string, offset: number, length: number): Promise<void> {
+async function copyRange(
+  src: string,
+  dest: string,
+  range: { offset: number; length: number; signal?: AbortSignal },
+): Promise<void> {
+  const { offset, length } = range;
   using from = await Deno.open(src, { read: true });
   using to = await Deno.open(dest, { write: true, createNew: true, mode: 0o600 });
   await from.seek(offset, Deno.SeekMode.Start);
@@ -34,6 +39,7 @@ async function copyRange(src: string, dest: string, offset: number, length: numb
   let left = length;
   let pos = 0;
   while (left > 0) {
+    range.signal?.throwIfAborted();
     const n = await from.read(buf.subarray(0, Math.min(buf.byteLength, left)));
     if (n === null) throw new Error(`"${src}" ends before offset ${offset + length}`);
     const chunk = buf.subarray(0, n);
@@ -56,13 +62,13 @@ async function copyRange(src: string, dest: string, offset: number, length: numb
 export async function materializeLayers(
   layers: DiskLayerFile[],
   dir: string,
-  options: { adapter: string; qemuImg?: string },
+  options: { adapter: string; qemuImg?: string; signal?: AbortSignal },
 ): Promise<LayerFile[]> {
   const out: LayerFile[] = [];
   for (const [i, l] of layers.entries()) {
     const path = join(dir, `layer-${i}.${l.format}`);
     try {
-      await copyRange(l.path, path, l.offset, l.length);
+      await copyRange(l.path, path, { offset: l.offset, length: l.length, signal: options.signal });
       if (i > 0 && l.format === "qcow2") {
         const below = out[i - 1];
         await run(options.qemuImg ?? "qemu-img", [
@@ -75,7 +81,7 @@ export async function materializeLayers(
           "-F",
           below.format,
           path,
-        ]);
+        ], { signal: options.signal });
       }
     } catch (e) {
       throw new VmmError(options.adapter, "prepare", `copying disk layer ${i} failed`, {
@@ -91,7 +97,7 @@ export async function materializeLayers(
 export async function createOverlayOn(
   top: LayerFile,
   overlay: string,
-  options: { adapter: string; virtualSize: number; qemuImg?: string },
+  options: { adapter: string; virtualSize: number; qemuImg?: string; signal?: AbortSignal },
 ): Promise<void> {
   await run(options.qemuImg ?? "qemu-img", [
     "create",
@@ -104,7 +110,7 @@ export async function createOverlayOn(
     top.format,
     overlay,
     String(options.virtualSize),
-  ]).catch((e) => {
+  ], { signal: options.signal }).catch((e) => {
     throw new VmmError(options.adapter, "prepare", "creating the instance overlay failed", {
       cause: e,
     });
@@ -134,7 +140,7 @@ export function chainJsonFilename(layers: DiskLayerFile[]): string {
 export async function flattenToRaw(
   layers: DiskLayerFile[],
   dest: string,
-  options: { adapter: string; qemuImg?: string },
+  options: { adapter: string; qemuImg?: string; signal?: AbortSignal },
 ): Promise<void> {
   await run(options.qemuImg ?? "qemu-img", [
     "convert",
@@ -144,7 +150,7 @@ export async function flattenToRaw(
     "4k",
     chainJsonFilename(layers),
     dest,
-  ]).catch((e) => {
+  ], { signal: options.signal }).catch((e) => {
     throw new VmmError(options.adapter, "prepare", "flattening the disk chain to raw failed", {
       cause: e,
     });

@@ -123,19 +123,19 @@ export class CliRuntimeAdapter implements VmmAdapter {
     }
   }
 
-  async prepare(spec: VmSpec): Promise<void> {
+  async prepare(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<void> {
     this.#check(spec);
     await Deno.mkdir(spec.vmDir, { recursive: true, mode: 0o700 });
-    await this.#prepareDisks(spec);
+    await this.#prepareDisks(spec, options.signal);
     await Deno.writeFile(spec.consoleLog, new Uint8Array(), { append: true, mode: 0o640 });
   }
 
   /** Disk files live in `vmDir`; see {@linkcode diskFiles} for their order. */
-  async #prepareDisks(spec: VmSpec): Promise<void> {
+  async #prepareDisks(spec: VmSpec, signal?: AbortSignal): Promise<void> {
     if (!spec.rootDisk) return;
     const top = spec.rootDisk.layers.at(-1);
     if (!top) throw new ValidationError("The root disk has no layers");
-    const opts = { adapter: this.name, qemuImg: this.#qemuImg };
+    const opts = { adapter: this.name, qemuImg: this.#qemuImg, signal };
     if (this.descriptor.disks === "flat-raw") {
       await flattenToRaw(spec.rootDisk.layers, join(spec.vmDir, "root.raw"), opts);
       return;

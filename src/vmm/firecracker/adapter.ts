@@ -147,7 +147,7 @@ export class FirecrackerAdapter implements VmmAdapter {
     }
   }
 
-  async prepare(spec: VmSpec): Promise<void> {
+  async prepare(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<void> {
     await this.#check(spec);
     await Deno.mkdir(spec.vmDir, { recursive: true, mode: 0o700 });
     if (spec.rootDisk) {
@@ -155,6 +155,7 @@ export class FirecrackerAdapter implements VmmAdapter {
       await flattenToRaw(spec.rootDisk.layers, join(spec.vmDir, FC_ROOT_NAME), {
         adapter: ADAPTER,
         qemuImg: this.#qemuImg,
+        signal: options.signal,
       });
     }
     await Deno.writeFile(spec.consoleLog, new Uint8Array(), { append: true, mode: 0o640 });
