@@ -72,6 +72,37 @@ export async function listen(
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
     await Deno.chmod(dir, 0o700);
   }
+  // One server per path: two starting at once would both see a stale socket
+  // and both rename into place. The lock is held for the server's lifetime.
+  const lock = await Deno.open(`${path}.lock`, {
+    read: true,
+    write: true,
+    create: true,
+    mode: 0o600,
+  });
+  try {
+    if (!(await lock.tryLock(true))) {
+      throw new ConflictError(
+        (await socketLive(path))
+          ? `A server is already listening on "${path}"`
+          : `Another server is starting on "${path}"`,
+        { hint: "stop it first, or pick another --socket" },
+      );
+    }
+    return await bind(handler, options, lock);
+  } catch (e) {
+    lock.close();
+    throw e;
+  }
+}
+
+async function bind(
+  handler: (req: Request) => Response | Promise<Response>,
+  options: ListenOptions,
+  lock: Deno.FsFile,
+): Promise<ApiServer> {
+  const path = options.path;
+  const dir = dirname(path);
   const existing = await Deno.lstat(path).catch(() => undefined);
   if (existing) {
     if (!existing.isSocket) {
@@ -115,6 +146,7 @@ export async function listen(
       // Remove the socket only if it is still ours (a newer server may have replaced it).
       const now = await Deno.lstat(path).catch(() => undefined);
       if (now && now.ino === ino) await Deno.remove(path).catch(() => {});
+      lock.close();
     })();
   return {
     path,

@@ -86,11 +86,41 @@ Deno.test({
       assert.deepEqual([...modes], [0o600]);
       // Nothing else is left in the directory (the private bind directory is gone).
       assert.deepEqual(
-        (await Array.fromAsync(Deno.readDir(join(dir, "sub")))).map((e) => e.name),
-        ["ovm.sock"],
+        (await Array.fromAsync(Deno.readDir(join(dir, "sub")))).map((e) => e.name).sort(),
+        ["ovm.sock", "ovm.sock.lock"],
       );
+      assert.equal((await Deno.stat(`${socket}.lock`)).mode! & 0o777, 0o600);
     } finally {
       watching = false;
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(home, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "of two servers started at once on one path, exactly one serves",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const home = await tempHome();
+    const dir = await tempSocketDir();
+    const socket = socketIn(dir);
+    try {
+      const race = await Promise.allSettled([
+        startServer(home, socket),
+        startServer(home, socket),
+      ]);
+      const won = race.filter((r) => r.status === "fulfilled");
+      assert.equal(won.length, 1);
+      const lost = race.find((r) => r.status === "rejected") as PromiseRejectedResult;
+      assert.match(lost.reason.message, new RegExp(`"${socket}"`));
+      await (won[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof startServer>>>).value[
+        Symbol.asyncDispose
+      ]();
+      // Once it is gone the path is free again.
+      await using _again = await startServer(home, socket);
+    } finally {
       await Deno.remove(dir, { recursive: true });
       await Deno.remove(home, { recursive: true });
     }
@@ -119,6 +149,12 @@ Deno.test({
         startServer(home, socket),
         (e: Error) => e.message.includes(`already listening on "${socket}"`),
       );
+      // Two more racing for the same path: both refused while the first holds it.
+      const race = await Promise.allSettled([
+        startServer(home, socket),
+        startServer(home, socket),
+      ]);
+      assert.deepEqual(race.map((r) => r.status), ["rejected", "rejected"]);
       // The CLI says the same, exit code 1.
       const err: string[] = [];
       const code = await runCli(["serve", "--home", home, "--socket", socket], {
