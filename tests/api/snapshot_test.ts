@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { counterHome } from "../_helpers/snapshot.ts";
-import { waitFor } from "../_helpers/runtime.ts";
+import { isVmProcess, waitFor } from "../_helpers/runtime.ts";
 import {
   CheckedClient,
   serveProcess,
@@ -34,7 +34,8 @@ async function countsPast(c: CheckedClient, id: string, n: number): Promise<numb
 }
 
 Deno.test({
-  name: "a snapshot taken through the API restores through the API, cold and from the warm pool",
+  name:
+    "a snapshot taken through the API restores through the API, cold and from the warm pool; the server stops what runs when told to",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {
@@ -96,6 +97,7 @@ Deno.test({
           "api/counter:snap",
           "--warm-pool",
           "1",
+          "--stop-instances-on-exit",
         );
         await waitFor(() => /warm pool of 1 ready/.test(serve.stderr()) ? true : undefined, {
           what: "the warm pool",
@@ -108,11 +110,15 @@ Deno.test({
         assert.equal(start.status, 200, JSON.stringify(start.body));
         const all = await countsPast(c, "warm", snapAt + 1);
         assert.ok(all[0] >= snapAt - 1, `first count ${all[0]}, snapshot at ${snapAt}`);
-        for (const id of ["warm", "src"]) {
-          const r = await c.call("POST", "/stop", { instance_id: id, force: true });
-          assert.equal(r.status, 200, JSON.stringify(r.body));
-        }
+        const r = await c.call("POST", "/stop", { instance_id: "warm", force: true });
+        assert.equal(r.status, 200, JSON.stringify(r.body));
+        // --stop-instances-on-exit: SIGTERM stops what still runs ("src").
+        const pid = (await c.call("GET", "/status/src")).body.pid;
         assert.equal(await serve.stop("SIGTERM"), 0, serve.stderr());
+        assert.equal(await isVmProcess(pid), false);
+        const src = JSON.parse(await Deno.readTextFile(`${h.home}/instances/src/state.json`));
+        assert.equal(src.state, "stopped");
+        assert.match(src.reason, /--stop-instances-on-exit/);
         // The pool's waiting QEMU went with the server: no pool directory is left.
         const left = await Array.fromAsync(Deno.readDir(`${h.home}/pool`)).catch(() => []);
         assert.deepEqual(left, []);
