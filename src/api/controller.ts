@@ -116,7 +116,7 @@ export class Controller {
     this.#options = options;
   }
 
-  /** Aborted when the server shuts down: log streams end, in-flight starts keep going. */
+  /** Aborted when the server shuts down: log streams end; accepted actions still finish. */
   get closing(): AbortSignal {
     return this.#closing.signal;
   }
@@ -370,8 +370,8 @@ export class Controller {
     const res = await snapshotInstance(this.home, a.id, {
       tag,
       push,
+      // No shutdown signal: a snapshot in flight is finished, like every accepted request.
       after: "resume",
-      signal: this.#closing.signal,
     });
     return {
       instance_id: a.id,
