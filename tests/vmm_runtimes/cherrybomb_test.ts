@@ -10,6 +10,7 @@ import { demoHome, ovmIn, readState, waitFor } from "../_helpers/runtime.ts";
 import { loadArtifact } from "../../src/store/mod.ts";
 import { ContentStore } from "../../src/store/mod.ts";
 import { processStartTime } from "../../src/process/mod.ts";
+import { vmmUser } from "../../src/runtime/runtime.ts";
 
 const FIXTURE = new URL("../fixtures/cherrybomb", import.meta.url).pathname;
 
@@ -50,27 +51,40 @@ Deno.test("ovm run --runtime cherrybomb boots the demo artifact with the spec's 
     // The fixture turned --ivshmem into a device the demo workload finds and writes.
     assert.match(logs, /ivshmem region at .*: wrote OVMS/);
 
-    const argv = readArgv(join(vmDir, "cherrybomb.argv"));
+    const argvFile = join(vmDir, "cherrybomb.argv");
+    const argv = readArgv(argvFile);
+    // Run as root, ovm starts the binary as the instance's own unprivileged user (spec 7.7).
+    const user = vmmUser(home, "cb");
+    if (user) assert.equal((await Deno.stat(argvFile)).uid, user.uid);
+    // Files in the VM directory (the binary's working directory) are named relative to it.
+    const inVm = (p: string) => p.startsWith("/") ? p : join(vmDir, p);
     const store = await ContentStore.open(home);
     const m = (await loadArtifact(store, demo.artifact.ref)).manifest;
     assert.equal(argv[0], "--kernel");
-    assert.ok(Deno.statSync(argv[1]).isFile, "--kernel names a real file");
+    assert.ok(Deno.statSync(inVm(argv[1])).isFile, "--kernel names a real file");
     let i = 2;
     if (m.initrd) {
       assert.equal(argv[i], "--initrd");
-      assert.ok(Deno.statSync(argv[i + 1]).isFile);
+      assert.ok(Deno.statSync(inVm(argv[i + 1])).isFile);
       i += 2;
     }
     // One --disk per layer, base first, as real files in the VM directory...
     for (const [n, l] of m.diskLayers.entries()) {
       assert.equal(argv[i], "--disk");
-      assert.equal(argv[i + 1], join(vmDir, `layer-${n}.${l.format}`));
+      assert.equal(inVm(argv[i + 1]), join(vmDir, `layer-${n}.${l.format}`));
       i += 2;
     }
     // ...then the writable overlay, then the config disk.
-    assert.deepEqual(argv.slice(i, i + 2), ["--disk", join(vmDir, "overlay.qcow2")]);
+    assert.equal(argv[i], "--disk");
+    assert.equal(inVm(argv[i + 1]), join(vmDir, "overlay.qcow2"));
     i += 2;
-    assert.deepEqual(argv.slice(i, i + 2), ["--disk", join(home, "instances", "cb", "config.tar")]);
+    assert.equal(argv[i], "--disk");
+    const config = join(home, "instances", "cb", "config.tar");
+    // The config disk itself, or the copy the unprivileged binary may read.
+    assert.deepEqual(
+      await Deno.readFile(inVm(argv[i + 1])),
+      await Deno.readFile(config),
+    );
     i += 2;
     for (const d of m.devices) {
       assert.deepEqual(argv.slice(i, i + 6), [

@@ -6,7 +6,7 @@
  * blobs' own qcow2 headers never name a backing file, section 7.2), or the
  * whole chain is flattened into one sparse raw file for raw-only VMMs.
  */
-import { join } from "node:path";
+import { basename, dirname, join, relative } from "node:path";
 import { VmmError } from "../../errors.ts";
 import { run } from "../../process/mod.ts";
 import type { DiskLayerFile } from "../adapter.ts";
@@ -56,8 +56,9 @@ async function copyRange(
 
 /**
  * Copies each layer into `dir` (`layer-<i>.<format>`) and points every qcow2
- * layer at the one below it (`qemu-img rebase -u`: header only). The VMM
- * then follows a chain that ovm built, in ovm's own directory.
+ * layer at the one below it (`qemu-img rebase -u`: header only; the name is
+ * relative, so it resolves inside `dir`). The VMM then follows a chain that
+ * ovm built, in ovm's own directory.
  */
 export async function materializeLayers(
   layers: DiskLayerFile[],
@@ -77,7 +78,9 @@ export async function materializeLayers(
           "-f",
           "qcow2",
           "-b",
-          below.path,
+          // Relative: resolved next to the image, so the chain needs no path
+          // outside the VM directory (the VMM may not see one).
+          basename(below.path),
           "-F",
           below.format,
           path,
@@ -105,7 +108,7 @@ export async function createOverlayOn(
     "-f",
     "qcow2",
     "-b",
-    top.path,
+    relative(dirname(overlay), top.path),
     "-F",
     top.format,
     overlay,

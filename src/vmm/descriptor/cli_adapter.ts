@@ -7,7 +7,7 @@
  * stdout and stderr appended to the instance console log, and stops it by
  * signal (then SIGKILL after the descriptor's timeout).
  */
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { ValidationError, VmmError } from "../../errors.ts";
 import { lockFileInMemory } from "../../../ffi/mod.ts";
 import { processStartTime, run, signalPid, spawn, which } from "../../process/mod.ts";
@@ -128,6 +128,23 @@ export class CliRuntimeAdapter implements VmmAdapter {
     await Deno.mkdir(spec.vmDir, { recursive: true, mode: 0o700 });
     await this.#prepareDisks(spec, options.signal);
     await Deno.writeFile(spec.consoleLog, new Uint8Array(), { append: true, mode: 0o640 });
+    if (spec.runAs) {
+      // The binary runs as the VM's own user with the VM directory as its
+      // working directory and no path access elsewhere in $OVM_HOME: it gets
+      // copies of the boot files and extra disks there, all owned by it.
+      const staged = stagedNames(spec);
+      await Deno.copyFile(spec.kernel, join(spec.vmDir, staged.kernel));
+      if (spec.initrd) await Deno.copyFile(spec.initrd, join(spec.vmDir, staged.initrd!));
+      for (const [i, d] of spec.extraDisks.entries()) {
+        await Deno.copyFile(d.path, join(spec.vmDir, staged.extraDisks[i]));
+      }
+      const { uid, gid } = spec.runAs;
+      await Deno.chown(spec.vmDir, uid, gid);
+      for await (const e of Deno.readDir(spec.vmDir)) {
+        await Deno.chown(join(spec.vmDir, e.name), uid, gid);
+      }
+      await Deno.chown(spec.consoleLog, uid, gid);
+    }
   }
 
   /** Disk files live in `vmDir`; see {@linkcode diskFiles} for their order. */
@@ -147,25 +164,26 @@ export class CliRuntimeAdapter implements VmmAdapter {
     });
   }
 
-  /** The disks in the order the binary gets them. */
+  /**
+   * The disks in the order the binary gets them. Files in the VM directory
+   * (its working directory) are named relative to it.
+   */
   diskFiles(spec: VmSpec): PreparedFiles["disks"] {
     const out: PreparedFiles["disks"] = [];
+    const inVm = (p: string) => vmRelative(spec, p);
     if (spec.rootDisk) {
       if (this.descriptor.disks === "flat-raw") {
-        out.push({ path: join(spec.vmDir, "root.raw"), format: "raw", readOnly: false });
+        out.push({ path: "root.raw", format: "raw", readOnly: false });
       } else {
         for (const [i, l] of spec.rootDisk.layers.entries()) {
-          out.push({
-            path: join(spec.vmDir, `layer-${i}.${l.format}`),
-            format: l.format,
-            readOnly: true,
-          });
+          out.push({ path: `layer-${i}.${l.format}`, format: l.format, readOnly: true });
         }
-        out.push({ path: spec.rootDisk.overlay, format: "qcow2", readOnly: false });
+        out.push({ path: inVm(spec.rootDisk.overlay), format: "qcow2", readOnly: false });
       }
     }
-    for (const d of spec.extraDisks) {
-      out.push({ path: d.path, format: "raw", readOnly: d.readOnly });
+    const staged = stagedNames(spec);
+    for (const [i, d] of spec.extraDisks.entries()) {
+      out.push({ path: staged.extraDisks[i], format: "raw", readOnly: d.readOnly });
     }
     return out;
   }
@@ -175,8 +193,9 @@ export class CliRuntimeAdapter implements VmmAdapter {
     this.#check(spec);
     const a = this.descriptor.args;
     const args = [...(a.prefix ?? [])];
-    args.push(...expand(a.kernel, { path: spec.kernel }));
-    if (spec.initrd && a.initrd) args.push(...expand(a.initrd, { path: spec.initrd }));
+    const staged = stagedNames(spec);
+    args.push(...expand(a.kernel, { path: staged.kernel }));
+    if (staged.initrd && a.initrd) args.push(...expand(a.initrd, { path: staged.initrd }));
     for (const d of files.disks) {
       args.push(
         ...expand(a.disk, { path: d.path, format: d.format, readonly: String(d.readOnly) }),
@@ -229,6 +248,7 @@ export class CliRuntimeAdapter implements VmmAdapter {
     const args = this.buildArgs(spec, files);
     const proc = spawn(bin, args, {
       cwd: spec.vmDir,
+      dropTo: spec.runAs,
       newSession: true,
       outputFile: spec.consoleLog,
       stdin: "null",
@@ -378,6 +398,10 @@ export class CliRuntimeAdapter implements VmmAdapter {
       throw new VmmError(this.name, "restore", "decoding the RAM snapshot failed", { cause: e });
     }
     const size = header.sections.find((s) => s.name === "memory")?.size ?? 0;
+    if (spec.runAs) {
+      await Deno.chown(memory, spec.runAs.uid, spec.runAs.gid);
+      await Deno.chown(deviceState, spec.runAs.uid, spec.runAs.gid);
+    }
     let lock: Disposable | undefined;
     if (options.mlock) {
       try {
@@ -393,7 +417,7 @@ export class CliRuntimeAdapter implements VmmAdapter {
     try {
       return await this.#launch(
         spec,
-        { disks: this.diskFiles(spec), ramSnapshot: { path: memory, size } },
+        { disks: this.diskFiles(spec), ramSnapshot: { path: vmRelative(spec, memory), size } },
         [memory, deviceState],
         options.signal,
         () => lock?.[Symbol.dispose](),
@@ -405,6 +429,32 @@ export class CliRuntimeAdapter implements VmmAdapter {
       throw e;
     }
   }
+}
+
+/** A path inside the VM directory relative to it (the binary's working directory); others as is. */
+function vmRelative(spec: VmSpec, path: string): string {
+  const r = relative(spec.vmDir, path);
+  return r.startsWith("..") || r.startsWith("/") ? path : r;
+}
+
+/**
+ * What the binary calls the boot files and extra disks: copies in the VM
+ * directory when it runs as the VM's own user (see `prepare`), else the
+ * files themselves.
+ */
+function stagedNames(spec: VmSpec): { kernel: string; initrd?: string; extraDisks: string[] } {
+  if (!spec.runAs) {
+    return {
+      kernel: spec.kernel,
+      initrd: spec.initrd,
+      extraDisks: spec.extraDisks.map((d) => vmRelative(spec, d.path)),
+    };
+  }
+  return {
+    kernel: "kernel",
+    initrd: spec.initrd ? "initrd" : undefined,
+    extraDisks: spec.extraDisks.map((_, i) => `extra-${i}.raw`),
+  };
 }
 
 async function removeFiles(handle: VmHandle): Promise<void> {
