@@ -274,3 +274,22 @@ Deno.test("the measured cold start is compared with the artifact's coldStartTarg
   assert.equal(miss.met, false);
   assert.match(miss.message, /1234 ms, over the artifact's target of 500 ms/);
 });
+
+Deno.test("a later ovm process finds a runtime from a descriptor file in $OVM_HOME (ovm stop, ps)", async () => {
+  await withTemp(async (home) => {
+    await Deno.mkdir(join(home, "runtimes"));
+    await Deno.writeTextFile(join(home, "runtimes", "mini.json"), JSON.stringify(valid()));
+    const mod = new URL("../../src/vmm/mod.ts", import.meta.url).href;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", `import { getAdapter } from "${mod}"; console.log(getAdapter("mini").name);`],
+      env: { OVM_HOME: home },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(
+      new TextDecoder().decode(out.stdout).trim(),
+      "mini",
+      new TextDecoder().decode(out.stderr),
+    );
+  });
+});
