@@ -93,15 +93,18 @@ export class WarmPool {
     return this.#ready.get(digest)?.length ?? 0;
   }
 
-  /** A prepared VM for the snapshot with manifest `digest`, if one waits; refills behind it. */
+  /**
+   * A prepared VM for the snapshot with manifest `digest`, if one waits.
+   * The taker calls {@linkcode refill} once its start is done: spawning the
+   * replacement meanwhile would compete with it for the CPU.
+   */
   take(digest: string): PreparedRestore | undefined {
-    const list = this.#ready.get(digest);
-    const vm = list?.shift();
-    if (this.#targets.has(digest) && !this.#closed) {
-      // After the caller's start is done: refilling competes for the CPU.
-      setTimeout(() => this.#refill(digest).catch(() => {}), 0);
-    }
-    return vm;
+    return this.#ready.get(digest)?.shift();
+  }
+
+  /** Tops the pool up for `digest` in the background (after a take). */
+  refill(digest: string): void {
+    if (this.#targets.has(digest) && !this.#closed) this.#refill(digest).catch(() => {});
   }
 
   /** Resolves when no refill runs (tests and benches wait for a full pool). */

@@ -216,11 +216,7 @@ async function decodeTemplate(
       { hint: "stop other VMs or remove cached snapshots under " + SNAPSHOT_CACHE },
     );
   }
-  await Deno.mkdir(SNAPSHOT_CACHE, { recursive: true, mode: 0o711 });
-  await Deno.chmod("/dev/shm/ovm", 0o711).catch(() => {});
-  await Deno.chmod(SNAPSHOT_CACHE, 0o711).catch(() => {});
-  const tmp = join(SNAPSHOT_CACHE, `.tmp-${crypto.randomUUID()}`);
-  await Deno.mkdir(tmp, { mode: 0o711 });
+  const tmp = await newTemplateDir();
   try {
     await decodeRamsnap(blob, {
       memory: join(tmp, "memory"),
@@ -229,23 +225,40 @@ async function decodeTemplate(
       limits: { memory: record.memoryBytes, "device-state": MAX_DEVICE_STATE },
       signal,
     });
-    // QEMU 7.2 opens a private memory file read-write (it has no read-only
-    // RAM backend that stays writable for the guest): the snapshot's group
-    // may open it, and its mapping is MAP_PRIVATE so no write reaches it.
-    await Deno.chmod(join(tmp, "memory"), 0o660);
-    if (Deno.uid() === 0) {
-      await Deno.chown(join(tmp, "memory"), 0, snapshotGid(`sha256:${tpl.dir.slice(-64)}`));
-    }
-    try {
-      await Deno.rename(tmp, tpl.dir);
-    } catch (e) {
-      // Another ovm decoded the same snapshot first: use theirs.
-      if (!(await exists(tpl.deviceState))) throw e;
-      await Deno.remove(tmp, { recursive: true }).catch(() => {});
-    }
+    await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`);
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
+  }
+}
+
+/** A fresh directory in the template cache to assemble a template in. */
+export async function newTemplateDir(): Promise<string> {
+  await Deno.mkdir(SNAPSHOT_CACHE, { recursive: true, mode: 0o711 });
+  await Deno.chmod("/dev/shm/ovm", 0o711).catch(() => {});
+  await Deno.chmod(SNAPSHOT_CACHE, 0o711).catch(() => {});
+  const tmp = join(SNAPSHOT_CACHE, `.tmp-${crypto.randomUUID()}`);
+  await Deno.mkdir(tmp, { mode: 0o711 });
+  return tmp;
+}
+
+/**
+ * Moves a directory holding `memory` and `device-state` into the cache as
+ * the template of ramsnap blob `digest` (or drops it when one is there).
+ */
+export async function installTemplate(tmp: string, digest: string): Promise<void> {
+  // QEMU 7.2 opens a private memory file read-write (it has no read-only
+  // RAM backend that stays writable for the guest): the snapshot's group
+  // may open it, and its mapping is MAP_PRIVATE so no write reaches it.
+  await Deno.chmod(join(tmp, "memory"), 0o660);
+  if (Deno.uid() === 0) await Deno.chown(join(tmp, "memory"), 0, snapshotGid(digest));
+  const dir = join(SNAPSHOT_CACHE, digest.replace(/^sha256:/, ""));
+  try {
+    await Deno.rename(tmp, dir);
+  } catch (e) {
+    // Another ovm decoded the same snapshot first: use theirs.
+    if (!(await exists(join(dir, "device-state")))) throw e;
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
 }
 
@@ -362,7 +375,7 @@ export async function restoreInstance(
   store: ContentStore,
   ref: string,
   artifact: Artifact,
-  options: StartOptions & { pool?: { take(digest: string): PreparedRestore | undefined } },
+  options: StartOptions,
 ): Promise<StartedInstance> {
   const home = store.paths.home;
   let mark = performance.now();
@@ -479,6 +492,7 @@ export async function restoreInstance(
       vm: handle,
     };
     await instances.write(state);
+    step("record the running state");
     return { state, vm: { ...incoming.vm, handle }, adapter };
   } catch (e) {
     if (incoming) await adapter.stop(incoming.vm.handle, { force: true }).catch(() => {});
@@ -486,5 +500,6 @@ export async function restoreInstance(
     throw e;
   } finally {
     incoming?.qmp.close();
+    if (prepared) options.pool?.refill(artifact.descriptor.digest);
   }
 }

@@ -23,6 +23,7 @@ import { pushFromStore } from "../oci/mod.ts";
 import { getAdapter } from "../vmm/mod.ts";
 import { getInstance, isActive, stopInstance } from "./runtime.ts";
 import { InstanceStore } from "./instance.ts";
+import { installTemplate, newTemplateDir } from "./restore.ts";
 
 export { WarmPool } from "./pool.ts";
 
@@ -101,6 +102,7 @@ export async function snapshotInstance(
   await Deno.mkdir(store.paths.ingest, { recursive: true });
   const work = await Deno.makeTempDir({ dir: store.paths.ingest, prefix: "snapshot-" });
   let resumed = false;
+  let template: string | undefined;
   const finishSource = async () => {
     if (resumed) return;
     resumed = true;
@@ -127,6 +129,13 @@ export async function snapshotInstance(
         overlayCopy = join(work, "overlay.qcow2");
         await Deno.copyFile(paths.overlay, overlayCopy);
       }
+      // The guest's memory, copied sparsely into what becomes this
+      // snapshot's template (the first local restore needs no decode), so
+      // the source can resume before the slow part, compression.
+      template = await newTemplateDir();
+      progress(`copying ${files.memoryBytes} bytes of guest memory`);
+      await sparseCopy(files.memory, join(template, "memory"), files.memoryBytes, options.signal);
+      await Deno.copyFile(files.deviceState, join(template, "device-state"));
       const deviceStateBytes = (await Deno.stat(files.deviceState)).size;
       const argv = state.vm!.argv;
       const cmdline = argv[argv.indexOf("-append") + 1] ?? "";
@@ -171,15 +180,17 @@ export async function snapshotInstance(
         devices: base.manifest.devices.map((d) => d.name),
         ...(configDiskBytes !== undefined ? { configDiskBytes } : {}),
       };
+      await finishSource();
       progress(`compressing ${files.memoryBytes} bytes of guest memory`);
       const ram = await store.ingest(
         encodeRamsnap([
-          { name: "memory", path: files.memory, size: files.memoryBytes },
-          { name: "device-state", path: files.deviceState, size: deviceStateBytes },
+          { name: "memory", path: join(template, "memory"), size: files.memoryBytes },
+          { name: "device-state", path: join(template, "device-state"), size: deviceStateBytes },
         ], { metadata: { restore: record }, signal: options.signal }),
         { signal: options.signal },
       );
-      await finishSource();
+      await installTemplate(template, ram.digest);
+      template = undefined;
 
       const annotations: Record<string, string> = {
         [RESTORE_ANNOTATION]: JSON.stringify(record),
@@ -234,5 +245,45 @@ export async function snapshotInstance(
     // A failure before the RAM was captured leaves the source as it was.
     await finishSource().catch(() => {});
     await Deno.remove(work, { recursive: true }).catch(() => {});
+    if (template) await Deno.remove(template, { recursive: true }).catch(() => {});
+  }
+}
+
+/**
+ * Copies `size` bytes of `src` to a new file `dst`, leaving all-zero 1 MiB
+ * chunks as holes: on tmpfs a hole costs no memory, and most of a guest's
+ * RAM is never touched.
+ */
+async function sparseCopy(src: string, dst: string, size: number, signal?: AbortSignal) {
+  using inp = await Deno.open(src, { read: true });
+  using out = await Deno.open(dst, { write: true, createNew: true, mode: 0o600 });
+  await out.truncate(size);
+  const buf = new Uint8Array(1 << 20);
+  const words = new BigUint64Array(buf.buffer);
+  let off = 0;
+  while (off < size) {
+    signal?.throwIfAborted();
+    const want = Math.min(buf.byteLength, size - off);
+    let got = 0;
+    while (got < want) {
+      const n = await inp.read(buf.subarray(got, want));
+      if (n === null) throw new Error(`"${src}" ended at ${off + got} bytes, expected ${size}`);
+      got += n;
+    }
+    let zero = true;
+    const w = want >>> 3;
+    for (let i = 0; i < w; i++) {
+      if (words[i] !== 0n) {
+        zero = false;
+        break;
+      }
+    }
+    for (let i = w << 3; zero && i < want; i++) if (buf[i] !== 0) zero = false;
+    if (!zero) {
+      await out.seek(off, Deno.SeekMode.Start);
+      let done = 0;
+      while (done < want) done += await out.write(buf.subarray(done, want));
+    }
+    off += want;
   }
 }

@@ -9,9 +9,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { digestFile, type Manifest } from "../../src/manifest/mod.ts";
 import { loadArtifact, writeArtifact } from "../../src/store/mod.ts";
-import { startInstance, stopInstance } from "../../src/runtime/mod.ts";
+import { getInstance, startInstance, stopInstance } from "../../src/runtime/mod.ts";
+import { getAdapter } from "../../src/vmm/mod.ts";
 import { WarmPool } from "../../src/runtime/snapshot.ts";
-import { SNAPSHOT_CACHE } from "../../src/runtime/restore.ts";
+import { dropTemplate, SNAPSHOT_CACHE } from "../../src/runtime/restore.ts";
 import { pullToStore } from "../../src/oci/mod.ts";
 import { counterHome, counts, lastCount } from "../_helpers/snapshot.ts";
 import { isVmProcess, ovmIn, waitFor } from "../_helpers/runtime.ts";
@@ -168,6 +169,50 @@ Deno.test({
       },
     );
 
+    await t.step(
+      "a paused instance's snapshot restores running, and the source stays paused",
+      async () => {
+        const qemu = getAdapter("qemu");
+        await qemu.pause(source.state.vm!);
+        const r = await ovmIn(home, "snapshot", src, "-t", "test/counter:paused");
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal((await getInstance(home, src)).state, "paused");
+        const at = (await lastCount(home, src))!;
+        const run = await ovmIn(home, "run", "-d", "--name", "from-paused", "test/counter:paused");
+        assert.equal(run.code, 0, run.stderr);
+        const seen = await countsAbove(home, "from-paused", at + 2);
+        assert.ok(seen[0] > 1 && seen[0] <= at + 2, `first ${seen[0]}, snapshot at ${at}`);
+        await stopInstance(home, "from-paused", { force: true });
+        await qemu.resume(source.state.vm!);
+        await countsAbove(home, src, at + 2);
+      },
+    );
+
+    await t.step(
+      "an mlock_required snapshot is locked by the restoring process; detached runs are refused",
+      async () => {
+        const r = await ovmIn(home, "snapshot", src, "-t", "test/counter:locked", "--mlock");
+        assert.equal(r.code, 0, r.stderr);
+        const locked = await loadArtifact(store, "test/counter:locked");
+        assert.equal(locked.manifest.ramSnapshot!.mlock_required, true);
+        const ids = await instanceIds(home);
+        const detached = await ovmIn(home, "run", "-d", "test/counter:locked");
+        assert.equal(detached.code, 2, detached.stderr);
+        assert.match(detached.stderr, /mlock_required/);
+        assert.deepEqual(await instanceIds(home), ids);
+        const vmLck = async () =>
+          Number((await Deno.readTextFile("/proc/self/status")).match(/VmLck:\s+(\d+)/)![1]);
+        const before = await vmLck();
+        const fg = await startInstance(store, "test/counter:locked", { name: "locked" });
+        assert.ok((await vmLck()) - before >= 256 * 1024, "the template is locked in this process");
+        await countsAbove(home, "locked", 1);
+        await stopInstance(home, "locked", { force: true });
+        await fg.vm.exited;
+        await dropTemplate(locked.manifest.ramSnapshot!.ref);
+        assert.ok((await vmLck()) <= before);
+      },
+    );
+
     await t.step("a snapshot pushed, deleted locally, gc'd and pulled back restores", async () => {
       await using reg = await startRegistry();
       const remote = `${reg.host}/snap/counter:1`;
@@ -187,21 +232,14 @@ Deno.test({
       await Deno.remove(join(SNAPSHOT_CACHE, snap2.manifest.ramSnapshot!.ref.slice(7)), {
         recursive: true,
       }).catch(() => {});
-      for (
-        const tag of [
-          "test/counter:snap2",
-          "test/counter:snap",
-          "test/counter:other-initrd",
-          "test/counter:truncated",
-          "test/counter:bomb",
-        ]
-      ) {
-        await store.untag(tag);
-      }
+      // Every snapshot and the base go; only the pulled copy will be back.
+      for (const { name } of await store.listRefs()) await store.untag(name);
       await ovmIn(home, "rm", "-f", src);
       await ovmIn(home, "rm", "-f", "restored");
       await ovmIn(home, "rm", "-f", "clone-1");
       await ovmIn(home, "rm", "-f", "clone-2");
+      await ovmIn(home, "rm", "-f", "from-paused");
+      await ovmIn(home, "rm", "-f", "locked");
       await store.gc();
       assert.equal(await store.has(snap2.manifest.ramSnapshot!.ref), false);
       await pullToStore(store, remote, { home });
