@@ -158,6 +158,12 @@ export const runCommand: Command = {
       ctx.out.line(started.instance_id);
       return;
     }
+    const runtimePath = str(input, "runtime-path");
+    if (runtimePath !== undefined && !str(input, "runtime")) {
+      throw new ValidationError("--runtime-path needs --runtime", {
+        hint: "name the runtime the binary is for, e.g. --runtime cherrybomb",
+      });
+    }
     const store = await ctx.store();
     const ref = await isExportDir(target)
       ? await importExportDir(store, target, { signal: ctx.signal })
@@ -173,15 +179,7 @@ export const runCommand: Command = {
     });
     // Runtimes (issue 10): descriptors in $OVM_HOME/runtimes, --runtime-path, cold-start target.
     await loadRuntimes(ctx.home);
-    const runtimePath = str(input, "runtime-path");
-    if (runtimePath !== undefined) {
-      if (!str(input, "runtime")) {
-        throw new ValidationError("--runtime-path needs --runtime", {
-          hint: "name the runtime the binary is for, e.g. --runtime cherrybomb",
-        });
-      }
-      setRuntimePath(str(input, "runtime")!, runtimePath);
-    }
+    if (runtimePath !== undefined) setRuntimePath(str(input, "runtime")!, runtimePath);
     const startedAt = performance.now();
     const given = (k: string) => str(input, k) !== undefined;
     const started = await startInstance(store, admitted?.pinned ?? ref, {

@@ -293,3 +293,11 @@ Deno.test("a later ovm process finds a runtime from a descriptor file in $OVM_HO
     );
   });
 });
+
+Deno.test("--runtime-path without --runtime is refused before anything runs", async () => {
+  await withTemp(async (home) => {
+    const r = await ovmIn(home, "run", "--runtime-path", FIXTURE, "demo/busybox:1.0");
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /--runtime-path needs --runtime/);
+  });
+});
