@@ -7,6 +7,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 import { describeError, OvmError, ValidationError } from "../errors.ts";
 import { ContentStore, defaultHome } from "../store/mod.ts";
+import { loadRuntimes } from "../vmm/mod.ts";
 import { VERSION } from "../version.ts";
 import type { CliContext, Command, OptionSpec, ParsedInput } from "./command.ts";
 import { COMMANDS } from "./mod.ts";
@@ -177,6 +178,7 @@ export async function runCli(argv: string[], runOptions: RunOptions = {}): Promi
       out,
       store: () => (store ??= ContentStore.open(home)),
     };
+    if (cmd.usesRuntimes) await loadRuntimes(home);
     const code = await cmd.run(ctx, input);
     return code ?? EXIT_OK;
   } catch (err) {

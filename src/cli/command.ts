@@ -46,6 +46,8 @@ export interface Command {
   /** Positional arguments: bounds and their names for help. */
   args?: { min: number; max: number; names?: string };
   subcommands?: Command[];
+  /** Load the runtime descriptors of `--home` first (verbs that act on instances). */
+  usesRuntimes?: boolean;
   run?(ctx: CliContext, input: ParsedInput): Promise<number | void>;
 }
 

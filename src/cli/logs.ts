@@ -7,6 +7,7 @@ import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 
 export const logsCommand: Command = {
+  usesRuntimes: true,
   name: "logs",
   summary: "Print the console of an instance",
   usage: "logs [-f] <id>",

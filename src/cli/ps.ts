@@ -9,6 +9,7 @@ import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 
 export const psCommand: Command = {
+  usesRuntimes: true,
   name: "ps",
   summary: "List running instances (-a: all)",
   usage: "ps [-a] [--json]",

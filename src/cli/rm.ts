@@ -6,6 +6,7 @@ import { removeInstance } from "../runtime/mod.ts";
 import { bool, type Command } from "./command.ts";
 
 export const rmCommand: Command = {
+  usesRuntimes: true,
   name: "rm",
   summary: "Remove instances",
   usage: "rm [-f] <id>...",

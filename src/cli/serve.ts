@@ -12,6 +12,7 @@ import { WarmPool } from "../runtime/snapshot.ts";
 import { bool, type Command, str, strs } from "./command.ts";
 
 export const serveCommand: Command = {
+  usesRuntimes: true,
   name: "serve",
   summary: "Serve the OVMS runtime API on a UNIX socket",
   usage: "serve [--socket PATH] [--stop-instances-on-exit] [--warm-snapshot REF --warm-pool N]",

@@ -10,6 +10,7 @@ import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 
 export const snapshotCommand: Command = {
+  usesRuntimes: true,
   name: "snapshot",
   summary: "Snapshot a running instance's RAM and disk into a new artifact",
   usage: "snapshot <instance> -t <name:tag> [--push <remote-ref>] [--stop] [--mlock]",

@@ -10,6 +10,7 @@ import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 
 export const stopCommand: Command = {
+  usesRuntimes: true,
   name: "stop",
   summary: "Stop running instances",
   usage: "stop <id>... [--timeout SEC] [--force]",

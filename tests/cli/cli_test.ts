@@ -209,3 +209,16 @@ Deno.test("inspect of an unknown ref says how to find one", async () => {
   assert.match(r.stderr, /No artifact "no\/such:thing"/);
   assert.match(r.stderr, /ovm ls/);
 });
+
+Deno.test("instance verbs load the runtime descriptors of --home; other verbs do not need them", async () => {
+  await using tmp = await tempDir();
+  await Deno.mkdir(join(tmp.path, "runtimes"), { recursive: true });
+  await Deno.writeTextFile(
+    join(tmp.path, "runtimes", "broken.json"),
+    JSON.stringify({ nonsense: 1 }),
+  );
+  const ps = await ovm(tmp.path, "ps");
+  assertExit(ps, 2);
+  assert.match(ps.stderr, /broken\.json/);
+  assertExit(await ovm(tmp.path, "ls"), 0);
+});
