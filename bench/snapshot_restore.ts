@@ -2,8 +2,8 @@
  * RAM snapshots, measured (issue 6). One counting guest (busybox sh printing
  * a line every 200 ms; TCG, 1 vCPU) is booted and snapshotted, then:
  *
- * - `pool`: starts from a warm pool, request → vCPU running (`cont`
- *   returned) and → the guest's next console byte; p50/p99 over `--runs`
+ * - `pool`: starts from a warm pool, request → vCPU running and → the
+ *   guest's next console byte; p50/p99 over `--runs`
  *   (request → vCPU running is the QMP RESUME event, before state.json is
  *   rewritten; "returned" includes that write).
  * - `restore`: restore without a pool (template cached) vs a cold boot of the

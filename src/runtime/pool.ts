@@ -32,6 +32,8 @@ export class WarmPool {
   readonly #ready = new Map<string, PreparedRestore[]>();
   readonly #targets = new Map<string, Target>();
   readonly #filling = new Map<string, Promise<void>>();
+  /** Refs `fill` was called with → manifest digests (so `take(ref)` works too). */
+  readonly #refs = new Map<string, string>();
   #closed = false;
   /** The last background refill failure, for callers that report health. */
   lastError?: Error;
@@ -51,6 +53,7 @@ export class WarmPool {
     const store = await ContentStore.open(this.home);
     const artifact = await loadArtifact(store, ref);
     const digest = artifact.descriptor.digest;
+    this.#refs.set(ref, digest);
     if (!this.#targets.has(digest)) {
       const checked = await checkRestore(store, artifact, {});
       const template = await ensureTemplate(store, artifact, checked.record, {
@@ -88,22 +91,24 @@ export class WarmPool {
     return digest;
   }
 
-  /** How many VMs wait for the snapshot with manifest `digest`. */
+  /** How many VMs wait for the snapshot with manifest `digest` (or a ref `fill` was given). */
   ready(digest: string): number {
-    return this.#ready.get(digest)?.length ?? 0;
+    return this.#ready.get(this.#refs.get(digest) ?? digest)?.length ?? 0;
   }
 
   /**
-   * A prepared VM for the snapshot with manifest `digest`, if one waits.
+   * A prepared VM for the snapshot with manifest `digest` (or a ref `fill`
+   * was given), if one waits. `startInstance(store, ref, {pool})` calls it.
    * The taker calls {@linkcode refill} once its start is done: spawning the
    * replacement meanwhile would compete with it for the CPU.
    */
   take(digest: string): PreparedRestore | undefined {
-    return this.#ready.get(digest)?.shift();
+    return this.#ready.get(this.#refs.get(digest) ?? digest)?.shift();
   }
 
   /** Tops the pool up for `digest` in the background (after a take). */
   refill(digest: string): void {
+    digest = this.#refs.get(digest) ?? digest;
     if (this.#targets.has(digest) && !this.#closed) this.#refill(digest).catch(() => {});
   }
 
