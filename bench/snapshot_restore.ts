@@ -94,7 +94,9 @@ if (only.has("pool") || only.has("restore") || only.has("pss")) {
         pool,
         trace: (step, ms) => {
           (steps[step] ??= []).push(ms);
-          if (step.startsWith("load device state")) atRunning = performance.now() - t0;
+          if (step.startsWith("load device state") || step.startsWith("cont the")) {
+            atRunning = performance.now() - t0;
+          }
         },
       });
       returned.push(performance.now() - t0);

@@ -1,17 +1,17 @@
 /**
  * @module
  * The warm pool (spec §8.5): per snapshot, up to `size` QEMU processes
- * started ahead of time on the snapshot's memory template and waiting for
- * its device state (`-incoming defer`, migration socket listening), each
- * with its own overlay and pool directory. A start from that snapshot then
- * costs moving the directory into `instances/`, streaming the device state
- * and `cont`. The pool refills in the background after every take. It lives
+ * started ahead of time on the snapshot's memory template (`-incoming
+ * defer -S`), each with its own overlay and pool directory, with the device
+ * state already streamed in and the vCPUs stopped. A start from that
+ * snapshot then costs moving the directory into `instances/` and `cont`. The pool refills in the background after every take. It lives
  * in a long-lived process (`ovm serve`, a test, a bench); `close()` stops
  * every waiting QEMU and removes its directory.
  */
 import { join } from "node:path";
 import { ContentStore, loadArtifact } from "../store/mod.ts";
 import { getAdapter } from "../vmm/mod.ts";
+import type { QemuAdapter } from "../vmm/qemu/adapter.ts";
 import { newInstanceId } from "./instance.ts";
 import {
   checkRestore,
@@ -71,11 +71,12 @@ export class WarmPool {
             kernel: checked.kernel,
             initrd: checked.initrd,
             template,
+            paused: true,
           }).catch(async (e) => {
             await Deno.remove(paths.dir, { recursive: true }).catch(() => {});
             throw e;
           });
-          return {
+          const vm: PreparedRestore = {
             id,
             paths,
             incoming,
@@ -83,6 +84,14 @@ export class WarmPool {
             artifactDigest: digest,
             record: checked.record,
           };
+          // Load the device state now, vCPUs stopped (`-S`): a take is then
+          // only `cont`. Guest time does not advance while it waits.
+          const qemu = getAdapter("qemu") as QemuAdapter;
+          await qemu.loadState(incoming, deviceState, { resume: false }).catch(async (e) => {
+            await discard(vm);
+            throw e;
+          });
+          return { ...vm, loaded: true };
         },
       });
     }

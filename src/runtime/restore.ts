@@ -310,6 +310,8 @@ export async function prepareRestore(
     publish?: StartOptions["publish"];
     detach?: boolean;
     signal?: AbortSignal;
+    /** Keep the vCPUs stopped after the state is loaded (`-S`; the warm pool). */
+    paused?: boolean;
   },
 ): Promise<IncomingVm> {
   const { record, paths, id } = options;
@@ -350,7 +352,10 @@ export async function prepareRestore(
     vmgenid: crypto.randomUUID(),
   };
   await adapter.prepare(spec);
-  const incoming = await adapter.startIncoming(spec, { signal: options.signal });
+  const incoming = await adapter.startIncoming(spec, {
+    signal: options.signal,
+    paused: options.paused,
+  });
   if (release(incoming.version) !== release(record.vmmVersion)) {
     incoming.qmp.close();
     await adapter.stop(incoming.vm.handle, { force: true }).catch(() => {});
@@ -368,6 +373,8 @@ export interface PreparedRestore {
   artifactDigest: string;
   /** The record the pool checked when it filled (compatibility, versions). */
   record: RestoreRecord;
+  /** The device state is already loaded; the vCPUs wait for `cont`. */
+  loaded?: boolean;
 }
 
 /** Starts an instance from a snapshot artifact (called by `startInstance`). */
@@ -478,10 +485,15 @@ export async function restoreInstance(
       ...incoming.vm.handle,
       controlSocket: join(paths.vmDir, "qmp.sock"),
     };
-    await adapter.loadState(incoming, deviceState!, {
-      socketPath: join(paths.vmDir, "migrate.sock"),
-    });
-    step("load device state until the guest runs");
+    if (prepared?.loaded) {
+      // `cont` returns once the vCPUs run (QEMU emits RESUME before replying).
+      await incoming.qmp.execute("cont");
+    } else {
+      await adapter.loadState(incoming, deviceState!, {
+        socketPath: join(paths.vmDir, "migrate.sock"),
+      });
+    }
+    step(prepared?.loaded ? "cont the preloaded VM" : "load device state until the guest runs");
     state = {
       ...state,
       state: "running",

@@ -159,8 +159,9 @@ export class QemuAdapter implements VmmAdapter {
     spec: VmSpec,
     options: { signal?: AbortSignal },
     incoming: boolean,
+    paused = false,
   ): Promise<StartedVm> {
-    const cmd = buildQemuCommand(spec, { incoming });
+    const cmd = buildQemuCommand(spec, { incoming, paused });
     const bin = (await which(this.#binary)) ?? this.#binary;
     const qemuLog = join(spec.vmDir, QEMU_LOG_NAME);
     const spawnOptions: SpawnOptions = {
@@ -429,8 +430,11 @@ export class QemuAdapter implements VmmAdapter {
    * `migrate-incoming` on a socket in the VM's directory. Nothing runs in the
    * guest until {@linkcode loadState}.
    */
-  async startIncoming(spec: VmSpec, options: { signal?: AbortSignal } = {}): Promise<IncomingVm> {
-    const vm = await this.#spawn(spec, options, true);
+  async startIncoming(
+    spec: VmSpec,
+    options: { signal?: AbortSignal; paused?: boolean } = {},
+  ): Promise<IncomingVm> {
+    const vm = await this.#spawn(spec, options, true, options.paused);
     let qmp: QmpClient | undefined;
     try {
       qmp = await this.#connect(vm.handle, 5000, 2000);
@@ -451,15 +455,17 @@ export class QemuAdapter implements VmmAdapter {
 
   /**
    * Streams `deviceState` into a QEMU from {@linkcode startIncoming} and
-   * waits until the guest runs (QEMU resumes it itself: no `-S`).
+   * waits until the guest runs, or, with `resume: false` (a QEMU started
+   * `paused`), until the state is loaded and the vCPUs wait for `cont`.
    * `socketPath` overrides where the migration socket is (a renamed VM dir).
    */
   async loadState(
     incoming: IncomingVm,
     deviceState: Uint8Array,
-    options: { timeoutMs?: number; socketPath?: string } = {},
+    options: { timeoutMs?: number; socketPath?: string; resume?: boolean } = {},
   ): Promise<void> {
     const { qmp, vm } = incoming;
+    const resume = options.resume ?? true;
     // QEMU restores the run state the snapshot recorded: a snapshot of a
     // running guest resumes by itself (RESUME comes before MIGRATION
     // completed); one of a paused guest stays paused, and gets a `cont`.
@@ -470,6 +476,10 @@ export class QemuAdapter implements VmmAdapter {
         const status = e.data?.status;
         if (e.event === "RESUME") {
           resumed = true;
+          off();
+          resolve();
+        } else if (e.event === "MIGRATION" && status === "completed" && !resume) {
+          // Loaded and kept stopped (`-S`): the caller resumes it later.
           off();
           resolve();
         } else if (e.event === "MIGRATION" && status === "completed" && !resumed) {

@@ -49,7 +49,7 @@ export function ivshmemPath(instanceId: string, deviceName: string): string {
 
 export function buildQemuCommand(
   spec: VmSpec,
-  options: { incoming?: boolean } = {},
+  options: { incoming?: boolean; paused?: boolean } = {},
 ): QemuCommand {
   const passFiles: PassedFile[] = [];
   const fd = (path: string, mode: PassedFile["mode"]): string => {
@@ -211,6 +211,8 @@ export function buildQemuCommand(
   }
   if (mem.create) runtimeFiles.push(mem.path);
   if (options.incoming) args.push("-incoming", "defer");
+  // -S: the vCPUs stay stopped after an incoming migration until `cont`.
+  if (options.paused) args.push("-S");
   return { args, passFiles, qmpSocketName: QMP_SOCKET_NAME, runtimeFiles, devices };
 }
 
