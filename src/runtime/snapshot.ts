@@ -134,7 +134,10 @@ export async function snapshotInstance(
       // the source can resume before the slow part, compression.
       template = await newTemplateDir();
       progress(`copying ${files.memoryBytes} bytes of guest memory`);
-      await sparseCopy(files.memory, join(template, "memory"), files.memoryBytes, options.signal);
+      await sparseCopy(files.memory, join(template, "memory"), files.memoryBytes, {
+        offset: files.memoryOffset,
+        signal: options.signal,
+      });
       await Deno.copyFile(files.deviceState, join(template, "device-state"));
       const deviceStateBytes = (await Deno.stat(files.deviceState)).size;
       const argv = state.vm!.argv;
@@ -250,12 +253,19 @@ export async function snapshotInstance(
 }
 
 /**
- * Copies `size` bytes of `src` to a new file `dst`, leaving all-zero 1 MiB
+ * Copies `size` bytes of `src` (from `offset`) to a new file `dst`, leaving all-zero 1 MiB
  * chunks as holes: on tmpfs a hole costs no memory, and most of a guest's
  * RAM is never touched.
  */
-async function sparseCopy(src: string, dst: string, size: number, signal?: AbortSignal) {
+async function sparseCopy(
+  src: string,
+  dst: string,
+  size: number,
+  options: { offset?: number; signal?: AbortSignal } = {},
+) {
+  const signal = options.signal;
   using inp = await Deno.open(src, { read: true });
+  if (options.offset) await inp.seek(BigInt(options.offset), Deno.SeekMode.Start);
   using out = await Deno.open(dst, { write: true, createNew: true, mode: 0o600 });
   await out.truncate(size);
   const buf = new Uint8Array(1 << 20);

@@ -183,9 +183,14 @@ export interface VmmAdapter {
 
 /** What a RAM snapshot of a running VM produced. */
 export interface SnapshotFiles {
-  /** The guest RAM image (the VM's memory file). */
+  /** The guest RAM image (the VM's memory file), from `memoryOffset` on. */
   memory: string;
   memoryBytes: number;
+  /**
+   * Where the RAM starts in `memory` (a restored QEMU's private mapping is
+   * read through `/proc/<pid>/mem` at its address). Default 0.
+   */
+  memoryOffset?: number;
   /** The device state stream. */
   deviceState: string;
   /** The VMM's version, for the restore-compatibility record. */

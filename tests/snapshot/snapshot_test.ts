@@ -94,8 +94,20 @@ Deno.test({
         `first count ${seen[0]}, snapshot at ${snapCount}`,
       );
       for (let i = 1; i < seen.length; i++) assert.equal(seen[i], seen[i - 1] + 1);
-      await stopInstance(home, "restored", { force: true });
     });
+
+    await t.step(
+      "a restored instance cannot be snapshotted again, says why, and keeps running",
+      async () => {
+        const before = (await lastCount(home, "restored"))!;
+        const r = await ovmIn(home, "snapshot", "restored", "-t", "test/counter:chained");
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, /restored from a snapshot cannot be snapshotted again/);
+        assert.equal(await store.resolve("test/counter:chained").catch(() => undefined), undefined);
+        await countsAbove(home, "restored", before + 2);
+        await stopInstance(home, "restored", { force: true });
+      },
+    );
 
     const a = await loadArtifact(store, "test/counter:snap");
     const hex = a.manifest.ramSnapshot!.ref.slice(7);
@@ -240,6 +252,7 @@ Deno.test({
       await ovmIn(home, "rm", "-f", "clone-2");
       await ovmIn(home, "rm", "-f", "from-paused");
       await ovmIn(home, "rm", "-f", "locked");
+      await ovmIn(home, "rm", "-f", "chained");
       await store.gc();
       assert.equal(await store.has(snap2.manifest.ramSnapshot!.ref), false);
       await pullToStore(store, remote, { home });

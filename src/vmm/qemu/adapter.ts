@@ -349,15 +349,8 @@ export class QemuAdapter implements VmmAdapter {
     if (options.kind !== "ram") {
       throw new ValidationError(`Snapshot kind "${options.kind}" is not supported by qemu`);
     }
-    const memory = handle.runtimeFiles.find((f) => f.endsWith("-ram"));
-    if (!memory) {
-      throw new VmmError("qemu", "snapshot", "the VM has no memory file to snapshot", {
-        hint: "it was started by an older ovm (memfd RAM) or restored from a snapshot; " +
-          "snapshot a VM booted by this ovm",
-      });
-    }
+    const ram = await guestRam(handle);
     await using qmp = await this.#connect(handle);
-    const memoryBytes = (await Deno.stat(memory)).size;
     // The socket QEMU connects to: a private directory that only the VMM's
     // user may enter, short enough for sockaddr_un.
     const dir = await Deno.makeTempDir({ prefix: "ovm-mig-" });
@@ -411,7 +404,7 @@ export class QemuAdapter implements VmmAdapter {
         if (Date.now() > deadline) throw new VmmError("qemu", "snapshot", "migration timed out");
         await sleep(5);
       }
-      return { memory, memoryBytes, deviceState: dest, vmmVersion: qmp.version };
+      return { ...ram, deviceState: dest, vmmVersion: qmp.version };
     } catch (e) {
       await Deno.remove(dest).catch(() => {});
       // Leave the source as it was: running.
@@ -553,6 +546,27 @@ function withAbort<T>(p: Promise<T>, signal: AbortSignal | undefined, ms: number
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
     });
+  });
+}
+
+/**
+ * The VM's guest RAM file. A restored VM has none: its RAM is a private
+ * copy-on-write mapping of a snapshot template, which QEMU 7.2 migrates
+ * page by page (`x-ignore-shared` skips only shared memory), so it cannot
+ * be snapshotted the cheap way; ovm refuses rather than write a snapshot
+ * whose device state holds the whole RAM.
+ */
+async function guestRam(handle: VmHandle): Promise<{ memory: string; memoryBytes: number }> {
+  const file = handle.runtimeFiles.find((f) => f.endsWith("-ram"));
+  if (file) return { memory: file, memoryBytes: (await Deno.stat(file)).size };
+  if (/id=ram0,[^ ]*share=off/.test(handle.argv.join(" "))) {
+    throw new ValidationError("A VM restored from a snapshot cannot be snapshotted again", {
+      hint: "its RAM is a private copy of the snapshot (QEMU 7.2 can only skip shared RAM " +
+        "when saving); snapshot the instance the snapshot came from, or boot cold and snapshot that",
+    });
+  }
+  throw new VmmError("qemu", "snapshot", "the VM has no RAM file to snapshot", {
+    hint: "it was started by an older ovm (memfd RAM); snapshot a VM booted by this ovm",
   });
 }
 
