@@ -32,6 +32,7 @@ import {
 } from "./runtime.ts";
 import { RESTORE_ANNOTATION, type RestoreRecord } from "./snapshot.ts";
 import { exists } from "../util/fs.ts";
+import { pidAlive } from "../process/mod.ts";
 
 /** Where decoded snapshots live: tmpfs, shared by every ovm home (content-addressed). */
 export const SNAPSHOT_CACHE = "/dev/shm/ovm/snapshots";
@@ -392,9 +393,16 @@ export async function restoreInstance(
     mark = now;
   };
   const m = artifact.manifest;
-  const pooled = m.devices.length || options.publish?.length
+  let pooled = m.devices.length || options.publish?.length
     ? undefined
     : options.pool?.take(artifact.descriptor.digest);
+  if (pooled && !pidAlive(pooled.incoming.vm.handle.pid)) {
+    // A waiting QEMU that died (killed, OOM): restore without the pool.
+    pooled.incoming.qmp.close();
+    await Deno.remove(pooled.paths.dir, { recursive: true }).catch(() => {});
+    options.pool?.refill(artifact.descriptor.digest);
+    pooled = undefined;
+  }
   let checked: Awaited<ReturnType<typeof checkRestore>>;
   if (pooled) {
     // The pool ran the full check when it filled; only the options remain.
