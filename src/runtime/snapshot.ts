@@ -90,6 +90,20 @@ export async function snapshotInstance(
   if (!adapter.capabilities.snapshotKinds.includes("ram")) {
     throw new ValidationError(`Runtime "${adapter.name}" cannot take RAM snapshots`);
   }
+  const shared = (state.devices ?? []).filter((d) => d.type === "ivshmem");
+  if (adapter.name === "qemu" && shared.length > 0) {
+    // With x-ignore-shared, QEMU 7.2 checks each shared region's guest-physical
+    // address while loading RAM, before the PCI state that maps the ivshmem BAR
+    // is loaded: the restore fails ("Mismatched GPAs"). Refuse before pausing.
+    throw new ConflictError(
+      `Instance "${id}" has ivshmem device "${shared[0].name}": QEMU cannot restore a RAM ` +
+        "snapshot of a VM with shared-memory devices",
+      {
+        hint: "snapshot an artifact without ivshmem devices (its shared regions are host state " +
+          "that a snapshot could not carry anyway)",
+      },
+    );
+  }
   const store = await ContentStore.open(home);
   const base = await loadArtifact(store, state.manifestDigest);
   const paths = new InstanceStore(home).paths(id);

@@ -499,13 +499,21 @@ export class QemuAdapter implements VmmAdapter {
         cause: e,
       });
     });
+    let streamError: unknown;
     try {
       let off = 0;
       while (off < deviceState.byteLength) off += await conn.write(deviceState.subarray(off));
+    } catch (e) {
+      // QEMU closed the stream: it refused the state. Its log says why.
+      streamError = e;
     } finally {
       conn.close();
     }
     try {
+      if (streamError) {
+        await Promise.race([running, new Promise((r) => setTimeout(r, 1000))]).catch(() => {});
+        throw streamError;
+      }
       await running;
     } catch (e) {
       const tail = await tailFile(join(incoming.spec.vmDir, QEMU_LOG_NAME), 10);
