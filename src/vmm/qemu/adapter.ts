@@ -372,6 +372,9 @@ export class QemuAdapter implements VmmAdapter {
         capabilities: [{ capability: "x-ignore-shared", state: true }],
       });
       const accepted = listener.accept();
+      // If `migrate` is refused, nobody awaits the accept: closing the listener
+      // rejects it, and that rejection must not go unhandled.
+      accepted.catch(() => {});
       await qmp.execute("migrate", { uri: `unix:${sock}` });
       const conn = await withAbort(accepted, options.signal, 30_000, "qemu did not connect");
       const out = await Deno.open(dest, { write: true, createNew: true, mode: 0o600 });
