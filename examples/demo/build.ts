@@ -129,6 +129,8 @@ export async function buildDemoArtifact(
     tag?: string;
     cacheDir?: string;
     diffFiles?: Record<string, string>;
+    /** Attach the ivshmem device (default true; VMs with one cannot be RAM-snapshotted). */
+    devices?: boolean;
     onProgress?: (m: string) => void;
   } = {},
 ): Promise<DemoArtifact> {
@@ -150,7 +152,9 @@ export async function buildDemoArtifact(
       initrd: system.initrd.path,
       disks: [{ path: disks.base, format: "qcow2" }, { path: disks.diff, format: "qcow2" }],
       args: initCmdline({ root: "/dev/vda", rootFs: "ext4", rootMode: "rw", mode: "exec" }),
-      devices: [{ type: "ivshmem", name: "shm0", size: 1024 * 1024, mmio_addr: "0x10000000" }],
+      devices: options.devices === false
+        ? []
+        : [{ type: "ivshmem", name: "shm0", size: 1024 * 1024, mmio_addr: "0x10000000" }],
       bootstrap,
       tag: options.tag ?? DEMO_TAG,
       preferredRuntime: ["qemu"],
@@ -168,11 +172,16 @@ export async function buildDemoArtifact(
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { home: { type: "string" }, tag: { type: "string" } },
+    options: {
+      home: { type: "string" },
+      tag: { type: "string" },
+      "no-devices": { type: "boolean" },
+    },
   });
   const home = values.home ?? defaultHome();
   const a = await buildDemoArtifact(home, {
     tag: values.tag,
+    devices: !values["no-devices"],
     onProgress: (m) => console.error(m),
   });
   console.log(a.ref);
