@@ -29,6 +29,7 @@ import type {
   VmState,
 } from "../vmm/adapter.ts";
 import { getAdapter } from "../vmm/mod.ts";
+import { CliRuntimeAdapter, type RamRestoreOptions } from "../vmm/descriptor/cli_adapter.ts";
 import { pidAlive } from "../process/mod.ts";
 import { type AccelRequest, chooseAccel } from "../vmm/qemu/accel.ts";
 import { assembleChain, readKernelVersion } from "./chain.ts";
@@ -167,11 +168,30 @@ export async function startInstance(
     options.trace?.(name, now - mark);
     mark = now;
   };
+  // A CLI runtime that maps `ramSnapshot` (Cherrybomb's --ram-snapshot) gets the
+  // blob itself: it boots through the ordinary path and its adapter's restore.
+  let cliRestore: Omit<RamRestoreOptions, "signal"> | undefined;
   if (!options.cold) {
     const restored = await store.lease(async () => {
       const artifact = await loadArtifact(store, ref);
       step("resolve manifest");
-      if (!artifact.manifest.ramSnapshot) return undefined;
+      const snap = artifact.manifest.ramSnapshot;
+      if (!snap) return undefined;
+      const requested = options.runtime ? tryAdapter(options.runtime) : undefined;
+      if (requested instanceof CliRuntimeAdapter && requested.restoreKinds.includes("ram")) {
+        if (!isDigest(snap.ref)) {
+          throw new ValidationError("The artifact's RAM snapshot is a registry reference", {
+            hint: "pull the artifact first with 'ovm pull'",
+          });
+        }
+        cliRestore = {
+          kind: "ram",
+          source: store.blobPath(snap.ref),
+          preload: snap.preload_hint,
+          mlock: snap.mlock_required,
+        };
+        return undefined;
+      }
       return await restoreInstance(store, ref, artifact, options);
     });
     if (restored) return restored;
@@ -192,7 +212,9 @@ export async function startInstance(
         hint: "pull the artifact first with 'ovm pull'",
       });
     }
-    if (m.ramSnapshot) note("the artifact has a RAM snapshot; this run boots it cold (--cold)");
+    if (m.ramSnapshot && !cliRestore) {
+      note("the artifact has a RAM snapshot; this run boots it cold (--cold)");
+    }
     const adapter = await selectAdapter(m, { requested: options.runtime, warn: note });
     for (const d of m.devices) {
       if (!adapter.capabilities.devices.includes(d.type)) {
@@ -312,7 +334,9 @@ export async function startInstance(
     step("instance dir, config disk, cmdline");
     await adapter.prepare(spec, { signal: options.signal });
     step("prepare (overlay)");
-    started = await adapter.start(spec, { signal: options.signal });
+    started = cliRestore && adapter instanceof CliRuntimeAdapter
+      ? await adapter.restore(spec, { ...cliRestore, signal: options.signal })
+      : await adapter.start(spec, { signal: options.signal });
     step("spawn until QMP socket");
     state = {
       ...state,
@@ -630,3 +654,12 @@ function sleep(ms: number): Promise<void> {
 }
 
 export type { VmHandle };
+
+/** The adapter named `name`, or undefined when there is none (selection reports it later). */
+function tryAdapter(name: string) {
+  try {
+    return getAdapter(name);
+  } catch {
+    return undefined;
+  }
+}

@@ -110,3 +110,66 @@ Deno.test("ovm run --runtime cherrybomb boots the demo artifact with the spec's 
     await ovmIn(home, "rm", "-f", "cb");
   }
 });
+
+Deno.test("ovm run --runtime cherrybomb of a snapshot artifact passes the decoded RAM image with --ram-snapshot", async () => {
+  const { encodeRamsnap } = await import("../../src/snapshot/mod.ts");
+  const { writeArtifact } = await import("../../src/store/mod.ts");
+  await using demo = await demoHome();
+  const { home } = demo;
+  const store = await ContentStore.open(home);
+  const base = await loadArtifact(store, demo.artifact.ref);
+  // A RAM image with a recognisable pattern, as a ramsnap blob (spec 8).
+  const mem = join(home, "mem.img");
+  const pattern = new Uint8Array(1 << 20).map((_, i) => (i * 7) & 0xff);
+  await Deno.writeFile(mem, pattern);
+  await Deno.writeFile(join(home, "dev.state"), new TextEncoder().encode("device state"));
+  const blob = await store.ingest(
+    encodeRamsnap([
+      { name: "memory", path: mem, size: pattern.length },
+      { name: "device-state", path: join(home, "dev.state"), size: 12 },
+    ]),
+  );
+  const manifest = {
+    ...base.manifest,
+    ramSnapshot: {
+      ref: blob.digest,
+      compression: "lz4" as const,
+      preload_hint: true,
+      mlock_required: false,
+    },
+  };
+  const desc = await writeArtifact(store, manifest, { subject: base.descriptor });
+  await store.tag("demo/busybox:cb-snap", desc);
+
+  const run = await ovmIn(
+    home,
+    "run",
+    "--runtime",
+    "cherrybomb",
+    "--runtime-path",
+    FIXTURE,
+    "--net",
+    "none",
+    "-d",
+    "--name",
+    "cbr",
+    "demo/busybox:cb-snap",
+  );
+  assert.equal(run.code, 0, run.stderr);
+  assert.doesNotMatch(run.stderr, /boots it cold/);
+  try {
+    const vmDir = join(home, "instances", "cbr", "vm");
+    const argv = readArgv(join(vmDir, "cherrybomb.argv"));
+    const i = argv.indexOf("--ram-snapshot");
+    assert.ok(i > 0, `--ram-snapshot given: ${JSON.stringify(argv)}`);
+    const image = argv[i + 1].startsWith("/") ? argv[i + 1] : join(vmDir, argv[i + 1]);
+    // preload_hint: the decoded image is on tmpfs, byte for byte the RAM that was saved.
+    assert.ok((await Deno.realPath(image)).startsWith("/dev/shm/"), image);
+    assert.deepEqual(await Deno.readFile(image), pattern);
+    const stop = await ovmIn(home, "stop", "cbr");
+    assert.equal(stop.code, 0, stop.stderr);
+    assert.equal(await Deno.stat(image).catch(() => null), null, "the decoded image is removed");
+  } finally {
+    await ovmIn(home, "rm", "-f", "cbr");
+  }
+});
