@@ -13,6 +13,7 @@ import { ContentStore, loadArtifact } from "../store/mod.ts";
 import { getAdapter } from "../vmm/mod.ts";
 import type { QemuAdapter } from "../vmm/qemu/adapter.ts";
 import { newInstanceId } from "./instance.ts";
+import { pidAlive, processStartTime, signalPid } from "../process/mod.ts";
 import {
   checkRestore,
   ensureTemplate,
@@ -35,6 +36,7 @@ export class WarmPool {
   /** Refs `fill` was called with → manifest digests (so `take(ref)` works too). */
   readonly #refs = new Map<string, string>();
   #closed = false;
+  #reaped?: Promise<number>;
   /** The last background refill failure, for callers that report health. */
   lastError?: Error;
 
@@ -50,6 +52,8 @@ export class WarmPool {
    */
   async fill(ref: string, options: { signal?: AbortSignal } = {}): Promise<string> {
     if (this.#closed) throw new Error("the warm pool is closed");
+    this.#reaped ??= reapStalePools(join(this.home, "pool"));
+    await this.#reaped;
     const store = await ContentStore.open(this.home);
     const artifact = await loadArtifact(store, ref);
     const digest = artifact.descriptor.digest;
@@ -91,6 +95,16 @@ export class WarmPool {
             await discard(vm);
             throw e;
           });
+          // Who owns this waiting QEMU: a later pool reaps it if this process dies.
+          await Deno.writeTextFile(
+            join(paths.dir, OWNER_FILE),
+            JSON.stringify({
+              ownerPid: Deno.pid,
+              ownerStart: await processStartTime(Deno.pid),
+              pid: incoming.vm.handle.pid,
+              pidStartTime: incoming.vm.handle.pidStartTime,
+            }),
+          );
           return { ...vm, loaded: true };
         },
       });
@@ -171,4 +185,47 @@ async function discard(vm: PreparedRestore): Promise<void> {
   vm.incoming.qmp.close();
   await getAdapter("qemu").stop(vm.incoming.vm.handle, { force: true }).catch(() => {});
   await Deno.remove(vm.paths.dir, { recursive: true }).catch(() => {});
+}
+
+const OWNER_FILE = "owner.json";
+
+/**
+ * Kills the waiting QEMUs of pools whose process died without `close()` (a
+ * SIGKILLed `ovm serve`) and removes their directories. Returns how many.
+ */
+export async function reapStalePools(dir: string): Promise<number> {
+  let n = 0;
+  let entries: Deno.DirEntry[] = [];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    const vmDir = join(dir, e.name);
+    let owner: { ownerPid: number; ownerStart?: number; pid: number; pidStartTime?: number };
+    try {
+      owner = JSON.parse(await Deno.readTextFile(join(vmDir, OWNER_FILE)));
+    } catch {
+      // Still being prepared by a live pool, or left half-made: only old ones go.
+      const st = await Deno.stat(vmDir).catch(() => null);
+      if (st?.mtime && Date.now() - st.mtime.getTime() > 10 * 60_000) {
+        await Deno.remove(vmDir, { recursive: true }).catch(() => {});
+      }
+      continue;
+    }
+    const ownerAlive = pidAlive(owner.ownerPid) &&
+      (owner.ownerStart === undefined ||
+        (await processStartTime(owner.ownerPid)) === owner.ownerStart);
+    if (ownerAlive) continue;
+    if (
+      owner.pidStartTime !== undefined &&
+      (await processStartTime(owner.pid)) === owner.pidStartTime
+    ) {
+      signalPid(owner.pid, "SIGKILL");
+    }
+    await Deno.remove(vmDir, { recursive: true }).catch(() => {});
+    n++;
+  }
+  return n;
 }

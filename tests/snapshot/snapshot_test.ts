@@ -138,6 +138,43 @@ Deno.test({
       assert.equal((await digestFile(template)).digest, before);
     });
 
+    await t.step("a pool left behind by a killed process is reaped by the next pool", async () => {
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          new URL("./testdata/pool_child.ts", import.meta.url).pathname,
+          home,
+          "test/counter:snap",
+        ],
+        stdout: "piped",
+        stderr: "inherit",
+      }).spawn();
+      let orphan = 0;
+      try {
+        const reader = child.stdout.getReader();
+        const { value } = await reader.read();
+        assert.match(new TextDecoder().decode(value), /ready/);
+        reader.releaseLock();
+        for await (const e of Deno.readDir(join(home, "pool"))) {
+          orphan =
+            JSON.parse(await Deno.readTextFile(join(home, "pool", e.name, "owner.json"))).pid;
+        }
+      } finally {
+        child.kill("SIGKILL");
+        await child.status;
+        await child.stdout.cancel().catch(() => {});
+      }
+      assert.ok(orphan > 0 && await isVmProcess(orphan), "the pooled QEMU outlived its owner");
+      await using pool = new WarmPool(home, { size: 0 });
+      await pool.fill("test/counter:snap");
+      await waitFor(async () => !(await isVmProcess(orphan)) || undefined, {
+        what: "the orphaned pooled QEMU to be killed",
+        timeoutMs: 10_000,
+      });
+      assert.deepEqual(await Array.fromAsync(Deno.readDir(join(home, "pool"))), []);
+    });
+
     await t.step(
       "a snapshot recorded with another initrd version is refused, naming both",
       async () => {
