@@ -3,7 +3,7 @@
  * RAM-snapshot decompression into tmpfs: ovm's parallel decoder against
  * `lz4 -d` of the same blob, alternating runs. Also encode throughput.
  *
- *   deno run -A bench/ramsnap_vs_lz4.ts [sizeMiB=1024] [runs=5]
+ *   deno run -A bench/ramsnap_vs_lz4.ts [sizeMiB=1024] [runs=5]   (CONC=N: decoder concurrency)
  */
 import { join } from "node:path";
 import { decodeRamsnap, encodeRamsnap } from "../src/snapshot/mod.ts";
@@ -53,7 +53,9 @@ try {
   for (let r = 0; r < runs; r++) {
     const out = join(dir, "out");
     t = performance.now();
-    await decodeRamsnap(blob, { memory: out });
+    await decodeRamsnap(blob, { memory: out }, {
+      concurrency: Number(Deno.env.get("CONC") ?? 0) || undefined,
+    });
     ovm.push(performance.now() - t);
     await Deno.remove(out);
     t = performance.now();
