@@ -4,6 +4,7 @@
  */
 import { join } from "node:path";
 import { type Digest, isDigest } from "../manifest/mod.ts";
+import { pruneTemplates } from "../runtime/restore.ts";
 import { formatBytes } from "../util/size.ts";
 import { bool, type Command } from "./command.ts";
 
@@ -38,13 +39,15 @@ export const gcCommand: Command = {
     const store = await ctx.store();
     const roots = await instanceRoots(store.paths.instances);
     const res = await store.gc({ roots, dryRun: bool(input, "dry-run") });
-    ctx.out.result(res);
+    // Decoded RAM snapshots in /dev/shm are memory: drop those of snapshots gone from the store.
+    const templates = await pruneTemplates(store, { dryRun: bool(input, "dry-run") });
+    ctx.out.result({ ...res, templates });
     const verb = bool(input, "dry-run") ? "would remove" : "removed";
     for (const b of res.removed) ctx.out.info(`${verb} ${b.digest} (${formatBytes(b.size)})`);
     ctx.out.line(
-      `${verb} ${res.removed.length} blob(s), ${
-        formatBytes(res.freedBytes)
-      }; ${res.ingestRemoved} partial ingest(s)`,
+      `${verb} ${res.removed.length} blob(s), ${formatBytes(res.freedBytes)}; ` +
+        `${res.ingestRemoved} partial ingest(s); ${templates.removed.length} decoded snapshot ` +
+        `template(s), ${formatBytes(templates.freedBytes)} of RAM`,
     );
   },
 };

@@ -523,3 +523,36 @@ export async function restoreInstance(
     if (prepared) options.pool?.refill(artifact.descriptor.digest);
   }
 }
+
+/**
+ * Drops the decoded templates (in the host-wide cache) of snapshots this
+ * store no longer holds. Running clones keep their private mappings of a
+ * dropped file; a later restore decodes again. Returns what was (or, with
+ * `dryRun`, would be) removed and the tmpfs bytes freed.
+ */
+export async function pruneTemplates(
+  store: ContentStore,
+  options: { dryRun?: boolean } = {},
+): Promise<{ removed: string[]; freedBytes: number }> {
+  const removed: string[] = [];
+  let freedBytes = 0;
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(SNAPSHOT_CACHE));
+  } catch {
+    return { removed, freedBytes };
+  }
+  for (const e of entries) {
+    if (!e.isDirectory || !/^[a-f0-9]{64}$/.test(e.name)) continue;
+    const digest = `sha256:${e.name}`;
+    if (await store.has(digest)) continue;
+    for (const f of ["memory", "device-state"]) {
+      const st = await Deno.stat(join(SNAPSHOT_CACHE, e.name, f)).catch(() => null);
+      // Templates are sparse: count the blocks in use, not the length.
+      freedBytes += st ? (st.blocks ?? 0) * 512 : 0;
+    }
+    removed.push(digest);
+    if (!options.dryRun) await dropTemplate(digest);
+  }
+  return { removed, freedBytes };
+}

@@ -222,3 +222,42 @@ Deno.test("instance verbs load the runtime descriptors of --home; other verbs do
   assert.match(ps.stderr, /broken\.json/);
   assertExit(await ovm(tmp.path, "ls"), 0);
 });
+
+Deno.test("gc drops the decoded RAM templates of snapshots no longer in the store, and keeps the others", async () => {
+  const { SNAPSHOT_CACHE } = await import("../../src/runtime/restore.ts");
+  const { ContentStore } = await import("../../src/store/mod.ts");
+  await using tmp = await tempDir();
+  const store = await ContentStore.open(tmp.path);
+  // A blob a ref still needs (standing in for a stored snapshot's ramsnap blob).
+  const { pack } = await import("../../src/cli/pack.ts");
+  await Deno.writeFile(join(tmp.path, "k"), crypto.getRandomValues(new Uint8Array(64)));
+  const packed = await pack(store, {
+    kernel: join(tmp.path, "k"),
+    disks: [],
+    devices: [],
+    tag: "t/k:1",
+  });
+  const kept = { digest: packed.manifest.kernel.ref };
+  const gone = digestOf(crypto.getRandomValues(new Uint8Array(64)));
+  const dirs = [kept.digest, gone].map((d) => join(SNAPSHOT_CACHE, d.slice(7)));
+  try {
+    for (const d of dirs) {
+      await Deno.mkdir(d, { recursive: true });
+      await Deno.writeFile(join(d, "memory"), new Uint8Array(8192).fill(1));
+      await Deno.writeFile(join(d, "device-state"), new Uint8Array(10));
+    }
+    let r = await ovm(tmp.path, "gc", "--dry-run", "--json");
+    assertExit(r, 0);
+    assert.ok(JSON.parse(r.stdout).templates.removed.includes(gone));
+    assert.ok((await Deno.stat(dirs[1])).isDirectory, "a dry run removes nothing");
+    r = await ovm(tmp.path, "gc", "--json");
+    assertExit(r, 0);
+    const t = JSON.parse(r.stdout).templates;
+    assert.ok(t.removed.includes(gone) && !t.removed.includes(kept.digest));
+    assert.ok(t.freedBytes >= 8192);
+    assert.equal(await Deno.stat(dirs[1]).catch(() => null), null);
+    assert.ok((await Deno.stat(join(dirs[0], "memory"))).isFile);
+  } finally {
+    for (const d of dirs) await Deno.remove(d, { recursive: true }).catch(() => {});
+  }
+});
