@@ -375,3 +375,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "POST /start of an artifact the admission policy refuses is 403 with the reason, and nothing starts",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const { packDummy } = await import("../_helpers/registry.ts");
+    const home = await tempHome();
+    const dir = await tempSocketDir();
+    const socket = socketIn(dir);
+    try {
+      await packDummy(home, "demo/unsigned:1.0");
+      // Signatures required for demo/**, with a key nobody signed with.
+      const { generateKeyPairSync } = await import("node:crypto");
+      const pub = generateKeyPairSync("ec", { namedCurve: "P-256" }).publicKey
+        .export({ type: "spki", format: "pem" });
+      await Deno.writeTextFile(join(home, "trusted.pub"), pub as string);
+      await Deno.writeTextFile(
+        join(home, "policy.json"),
+        JSON.stringify({
+          version: 1,
+          default: "deny",
+          rules: [{ match: "demo/**", keys: ["trusted.pub"], requireSignature: true }],
+        }),
+      );
+      await using _s = await startServer(home, socket);
+      using c = new CheckedClient(socket, await specValidator());
+      const r = await c.call("POST", "/start", { manifest: "demo/unsigned:1.0" });
+      assert.equal(r.status, 403, JSON.stringify(r.body));
+      assert.equal(r.body.error.code, "policy");
+      assert.match(r.body.error.message, /signature/i);
+      const list = await c.call("GET", "/instances");
+      assert.equal(list.status, 200);
+      assert.deepEqual(list.body.instances ?? list.body, []);
+    } finally {
+      await Deno.remove(home, { recursive: true }).catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
