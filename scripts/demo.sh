@@ -63,4 +63,4 @@ ovm export "$ref" "$out"
 find "$out" -type f | sort
 rm -rf "$out"
 
-step "Done. Try: deno task ovm -- --help"
+step "Done. Try: deno task ovm --help"
