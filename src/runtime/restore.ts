@@ -393,6 +393,9 @@ export async function restoreInstance(
     mark = now;
   };
   const m = artifact.manifest;
+  if (m.annotations?.[RESTORE_ANNOTATION] && readRestoreRecord(m).vmm !== "qemu") {
+    return await restoreOnAdapter(store, ref, artifact, options);
+  }
   let pooled = m.devices.length || options.publish?.length
     ? undefined
     : options.pool?.take(artifact.descriptor.digest);
@@ -521,6 +524,131 @@ export async function restoreInstance(
   } finally {
     incoming?.qmp.close();
     if (prepared) options.pool?.refill(artifact.descriptor.digest);
+  }
+}
+
+/** "v53.0" and "53.0" name the same release. */
+function bareVersion(v: string): string {
+  return v.trim().replace(/^v/, "");
+}
+
+/**
+ * Restores a Cloud Hypervisor or Firecracker snapshot: the same checks and
+ * template cache as QEMU's, then the adapter's `restore` (`vm.restore`,
+ * `PUT /snapshot/load`) on the template. These VMMs load only a snapshot of
+ * their own exact version.
+ */
+async function restoreOnAdapter(
+  store: ContentStore,
+  ref: string,
+  artifact: Artifact,
+  options: StartOptions,
+): Promise<StartedInstance> {
+  const home = store.paths.home;
+  const m = artifact.manifest;
+  const { record, kernel, initrd } = await checkRestore(store, artifact, options);
+  const adapter = getAdapter(record.vmm);
+  if (!adapter.capabilities.snapshotKinds.includes("ram")) {
+    throw new ValidationError(`Runtime "${record.vmm}" cannot restore RAM snapshots`);
+  }
+  const avail = await adapter.available();
+  if (!avail.ok) {
+    throw new ValidationError(
+      `The snapshot needs runtime "${record.vmm}", which is not usable here: ${avail.reason}`,
+      { hint: `install ${record.vmm} ${record.vmmVersion}, or pass --runtime-path` },
+    );
+  }
+  if (bareVersion(avail.version) !== bareVersion(record.vmmVersion)) {
+    mismatch(`the ${record.vmm} version`, record.vmmVersion, avail.version);
+  }
+  if (m.ramSnapshot?.mlock_required && options.detach) {
+    throw new ValidationError(
+      "This snapshot must stay locked in memory (mlock_required), which needs a process that lives",
+      { hint: "run it in the foreground, or through 'ovm serve', which holds the lock" },
+    );
+  }
+  const template = await ensureTemplate(store, artifact, record, { signal: options.signal });
+  const instances = new InstanceStore(home);
+  const id = options.name ? assertInstanceId(options.name) : newInstanceId();
+  await instances.create(id);
+  const paths = instances.paths(id);
+  const publish = options.publish ?? [];
+  let state: InstanceState = {
+    schemaVersion: 1,
+    id,
+    ref,
+    manifestDigest: artifact.descriptor.digest as Digest,
+    name: m.name,
+    version: m.version,
+    adapter: adapter.name,
+    state: "starting",
+    kernelDigest: m.kernel.ref as Digest,
+    kernelVersion: record.kernelVersion,
+    ...(m.initrd
+      ? { initrdDigest: m.initrd.ref as Digest, initrdVersion: record.initrdVersion }
+      : {}),
+    accel: record.accel,
+    memoryBytes: record.memoryBytes,
+    cpus: record.cpus,
+    network: { mode: record.network, publish },
+    devices: [],
+    detached: options.detach ?? false,
+    createdAt: new Date().toISOString(),
+    ownerPid: Deno.pid,
+  };
+  let started: Awaited<ReturnType<typeof adapter.restore>> | undefined;
+  try {
+    await instances.write(state);
+    const chain = await assembleChain(store, m.diskLayers);
+    await Deno.mkdir(paths.vmDir, { recursive: true, mode: 0o700 });
+    const extraDisks: VmSpec["extraDisks"] = [];
+    if (record.configDiskBytes !== undefined) {
+      const config = await readBootstrap(store, artifact) ?? BootstrapConfigSchema.parse({});
+      await buildConfigDisk(paths.configDisk, config);
+      await Deno.truncate(paths.configDisk, record.configDiskBytes);
+      extraDisks.push({ path: paths.configDisk, readOnly: true });
+    }
+    const user = vmmUser(home, id);
+    const spec: VmSpec = {
+      id,
+      kernel,
+      initrd,
+      cmdline: record.cmdline,
+      memoryBytes: record.memoryBytes,
+      cpus: record.cpus,
+      accel: record.accel,
+      rootDisk: chain.length ? { layers: chain, overlay: paths.overlay } : undefined,
+      extraDisks,
+      devices: m.devices,
+      network: { mode: record.network, publish },
+      vmDir: paths.vmDir,
+      consoleLog: paths.consoleLog,
+      runAs: user ? { uid: user.uid, gid: snapshotGid(m.ramSnapshot!.ref) } : undefined,
+      detach: options.detach ?? false,
+      memory: { path: template.memory, share: false, create: false },
+      vmgenid: crypto.randomUUID(),
+    };
+    await adapter.prepare(spec, { signal: options.signal });
+    started = await adapter.restore(spec, {
+      kind: "ram",
+      source: template.dir,
+      signal: options.signal,
+    });
+    state = {
+      ...state,
+      state: "running",
+      pid: started.handle.pid,
+      qmpSocket: started.handle.controlSocket,
+      devices: started.handle.devices,
+      startedAt: new Date().toISOString(),
+      vm: started.handle,
+    };
+    await instances.write(state);
+    return { state, vm: started, adapter };
+  } catch (e) {
+    if (started) await adapter.stop(started.handle, { force: true }).catch(() => {});
+    await instances.remove(id).catch(() => {});
+    throw e;
   }
 }
 

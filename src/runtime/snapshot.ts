@@ -20,7 +20,10 @@ import { ContentStore, loadArtifact, parseLocalRef, writeArtifact } from "../sto
 import { encodeRamsnap, RAMSNAP_VERSION } from "../snapshot/mod.ts";
 import { SystemAnnotations } from "../system/snapshot.ts";
 import { pushFromStore } from "../oci/mod.ts";
-import { getAdapter } from "../vmm/mod.ts";
+import { getAdapter, type VmHandle } from "../vmm/mod.ts";
+import { FC_ROOT_NAME } from "../vmm/firecracker/adapter.ts";
+import { HttpUnixClient } from "../vmm/http_unix.ts";
+import { run } from "../process/mod.ts";
 import { getInstance, isActive, stopInstance } from "./runtime.ts";
 import { InstanceStore } from "./instance.ts";
 import { installTemplate, newTemplateDir } from "./restore.ts";
@@ -137,11 +140,30 @@ export async function snapshotInstance(
         signal: options.signal,
       });
       let overlayCopy: string | undefined;
+      // Firecracker's disk is one flattened raw file: it becomes the whole chain.
+      let wholeDisk = false;
       if (base.manifest.diskLayers.length) {
         // After the migration QEMU has flushed and inactivated the overlay:
         // it is consistent with the RAM until the guest resumes.
         overlayCopy = join(work, "overlay.qcow2");
-        await Deno.copyFile(paths.overlay, overlayCopy);
+        if (adapter.name === "firecracker") {
+          // A self-contained qcow2 (zeros skipped) rather than a raw layer:
+          // compact, and Firecracker's restore flattens it to raw again.
+          const raw = join(paths.vmDir, FC_ROOT_NAME);
+          await run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, overlayCopy], {
+            signal: options.signal,
+          });
+          wholeDisk = true;
+        } else {
+          await Deno.copyFile(paths.overlay, overlayCopy);
+          if (adapter.name === "cloud-hypervisor") {
+            // Its overlay names the layer copy in the VM directory: the copy
+            // (never the live overlay) becomes a plain diff layer.
+            await run("qemu-img", ["rebase", "-u", "-b", "", overlayCopy], {
+              signal: options.signal,
+            });
+          }
+        }
       }
       // The guest's memory, copied sparsely into what becomes this
       // snapshot's template (the first local restore needs no decode), so
@@ -155,14 +177,16 @@ export async function snapshotInstance(
       await Deno.copyFile(files.deviceState, join(template, "device-state"));
       const deviceStateBytes = (await Deno.stat(files.deviceState)).size;
       const argv = state.vm!.argv;
-      const cmdline = argv[argv.indexOf("-append") + 1] ?? "";
+      const cmdline = adapter.name === "qemu"
+        ? argv[argv.indexOf("-append") + 1] ?? ""
+        : await apiCmdline(adapter.name, state.vm!);
       const configDiskBytes = await Deno.stat(paths.configDisk).then(
         (s) => s.size,
         () => undefined,
       );
 
       // The disk diff first (small), then the RAM, then let the source go on.
-      const diskLayers = [...base.manifest.diskLayers];
+      let diskLayers = [...base.manifest.diskLayers];
       if (overlayCopy) {
         const top = diskLayers.at(-1)!;
         const info = await readQcow2Header(overlayCopy);
@@ -170,7 +194,9 @@ export async function snapshotInstance(
         const blob = await store.ingest(tar.stream, { signal: options.signal });
         // An untouched overlay can equal an existing layer byte for byte;
         // it adds nothing, and a manifest may not name a layer twice.
-        if (!diskLayers.some((l) => l.ref === blob.digest)) {
+        if (wholeDisk) {
+          diskLayers = [{ ref: blob.digest, format: "qcow2", size: info.virtualSize ?? top.size }];
+        } else if (!diskLayers.some((l) => l.ref === blob.digest)) {
           diskLayers.push({
             ref: blob.digest,
             format: "qcow2",
@@ -182,7 +208,7 @@ export async function snapshotInstance(
         recordVersion: 1,
         vmm: adapter.name,
         vmmVersion: files.vmmVersion,
-        machine: QEMU_MACHINE,
+        machine: adapter.name === "qemu" ? QEMU_MACHINE : adapter.name,
         accel: state.accel,
         memoryBytes: state.memoryBytes,
         cpus: state.cpus,
@@ -264,6 +290,20 @@ export async function snapshotInstance(
     await Deno.remove(work, { recursive: true }).catch(() => {});
     if (template) await Deno.remove(template, { recursive: true }).catch(() => {});
   }
+}
+
+/** The kernel command line a Cloud Hypervisor or Firecracker guest booted with (its API). */
+async function apiCmdline(vmm: string, handle: VmHandle): Promise<string> {
+  if (vmm === "cloud-hypervisor") {
+    using api = new HttpUnixClient(handle.controlSocket, { adapter: vmm, basePath: "/api/v1" });
+    const info = await api.request("GET", "/vm.info", { step: "vm.info" });
+    return (info.body as { config?: { payload?: { cmdline?: string } } })?.config?.payload
+      ?.cmdline ?? "";
+  }
+  using api = new HttpUnixClient(handle.controlSocket, { adapter: vmm });
+  const config = await api.request("GET", "/vm/config", { step: "GET /vm/config" });
+  return (config.body as { "boot-source"?: { boot_args?: string } })?.["boot-source"]
+    ?.boot_args ?? "";
 }
 
 /**
