@@ -9,11 +9,20 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ovmIn, readState } from "../_helpers/runtime.ts";
-import { fakeBin, makeSpec, readCallLog } from "../_helpers/vmm_runtimes.ts";
+import {
+  BASE_BYTE,
+  fakeBin,
+  makeSpec,
+  readCallLog,
+  readDiskBytes,
+  TOP_BYTE,
+  TOP_OFFSET,
+} from "../_helpers/vmm_runtimes.ts";
 import { pidAlive } from "../../src/process/mod.ts";
 import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
 import { readQcow2Header } from "../../src/disk/mod.ts";
-import { dropTemplate } from "../../src/runtime/restore.ts";
+import { checkOptions, dropTemplate } from "../../src/runtime/restore.ts";
+import type { StartOptions } from "../../src/runtime/runtime.ts";
 import { RESTORE_ANNOTATION, type RestoreRecord } from "../../src/runtime/snapshot.ts";
 
 const VERSIONS: Record<string, string> = {
@@ -93,6 +102,11 @@ for (const runtime of ["cloud-hypervisor", "firecracker"]) {
       const img = join(home, "layer.qcow2");
       await Deno.writeFile(img, raw.subarray(512));
       assert.equal((await readQcow2Header(img)).backingFile ?? undefined, undefined);
+      if (runtime === "firecracker") {
+        // It holds the whole disk the guest saw: both layers' bytes.
+        assert.equal((await readDiskBytes(img, 0, 1))[0], BASE_BYTE);
+        assert.equal((await readDiskBytes(img, TOP_OFFSET, 1))[0], TOP_BYTE);
+      }
 
       // Another runtime is refused, naming both.
       const other = runtime === "firecracker" ? "cloud-hypervisor" : "firecracker";
@@ -133,3 +147,14 @@ for (const runtime of ["cloud-hypervisor", "firecracker"]) {
     }
   });
 }
+
+Deno.test("a QEMU snapshot asked to run on cloud-hypervisor or firecracker is refused, naming both", () => {
+  const record = { recordVersion: 1, vmm: "qemu", memoryBytes: 64 << 20 } as RestoreRecord;
+  for (const runtime of ["cloud-hypervisor", "firecracker"]) {
+    assert.throws(
+      () => checkOptions(record, { runtime } as StartOptions),
+      new RegExp(`runtime is "${runtime}", the snapshot recorded "qemu"`),
+    );
+  }
+  assert.doesNotThrow(() => checkOptions(record, { runtime: "qemu" } as StartOptions));
+});
