@@ -8,9 +8,9 @@
  * {@linkcode restoreInstance} for any artifact with a `ramSnapshot`; the warm
  * pool ({@linkcode WarmPool}) uses {@linkcode prepareRestore} ahead of time.
  */
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
-import { BootstrapConfigSchema, type Digest, type Manifest } from "../manifest/mod.ts";
+import { BootstrapConfigSchema, type Digest, type Manifest, sha256Hex } from "../manifest/mod.ts";
 import type { Artifact, ContentStore } from "../store/mod.ts";
 import { buildConfigDisk } from "../system/mod.ts";
 import { assertSnapshotSystem } from "../system/snapshot.ts";
@@ -187,6 +187,7 @@ export async function ensureTemplate(
   if (!(await exists(tpl.deviceState)) || !(await exists(tpl.memory))) {
     await decodeTemplate(store.blobPath(digest), tpl, record, options.signal);
   }
+  await markTemplateUser(digest, store.paths.home);
   if (ram.mlock_required && options.lock !== false && !LOCKS.has(hex)) {
     // This process holds the lock: the foreground `ovm run` or `ovm serve`.
     LOCKS.set(hex, lockFileInMemory(tpl.memory, record.memoryBytes));
@@ -652,11 +653,24 @@ async function restoreOnAdapter(
   }
 }
 
+/** The marker a home leaves in a template it uses: the cache is shared by every home. */
+function homeMarker(home: string): string {
+  return sha256Hex(resolve(home)).slice(0, 16);
+}
+
+/** Records that `home` uses the decoded template of ramsnap `digest`. */
+export async function markTemplateUser(digest: string, home: string): Promise<void> {
+  const dir = join(SNAPSHOT_CACHE, digest.replace(/^sha256:/, ""), "homes");
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 }).catch(() => {});
+  await Deno.writeTextFile(join(dir, homeMarker(home)), resolve(home) + "\n").catch(() => {});
+}
+
 /**
- * Drops the decoded templates (in the host-wide cache) of snapshots this
- * store no longer holds. Running clones keep their private mappings of a
- * dropped file; a later restore decodes again. Returns what was (or, with
- * `dryRun`, would be) removed and the tmpfs bytes freed.
+ * Drops the decoded templates (in the host-wide cache) that no ovm home uses
+ * any more: for each snapshot this store no longer holds, this home's marker
+ * goes; a template with no marker left is removed. Running clones keep their
+ * private mappings of a dropped file; a later restore decodes again. Returns
+ * what was (or, with `dryRun`, would be) removed and the tmpfs bytes freed.
  */
 export async function pruneTemplates(
   store: ContentStore,
@@ -670,10 +684,19 @@ export async function pruneTemplates(
   } catch {
     return { removed, freedBytes };
   }
+  const mine = homeMarker(store.paths.home);
   for (const e of entries) {
     if (!e.isDirectory || !/^[a-f0-9]{64}$/.test(e.name)) continue;
     const digest = `sha256:${e.name}`;
     if (await store.has(digest)) continue;
+    const homes = join(SNAPSHOT_CACHE, e.name, "homes");
+    const users = (await Array.fromAsync(Deno.readDir(homes)).catch(() => []))
+      .map((m) => m.name);
+    if (users.some((u) => u !== mine)) {
+      // Another home still uses it: only this home lets go.
+      if (!options.dryRun) await Deno.remove(join(homes, mine)).catch(() => {});
+      continue;
+    }
     for (const f of ["memory", "device-state"]) {
       const st = await Deno.stat(join(SNAPSHOT_CACHE, e.name, f)).catch(() => null);
       // Templates are sparse: count the blocks in use, not the length.

@@ -26,7 +26,7 @@ import { HttpUnixClient } from "../vmm/http_unix.ts";
 import { run } from "../process/mod.ts";
 import { getInstance, isActive, stopInstance } from "./runtime.ts";
 import { InstanceStore } from "./instance.ts";
-import { installTemplate, newTemplateDir } from "./restore.ts";
+import { installTemplate, markTemplateUser, newTemplateDir } from "./restore.ts";
 
 export { WarmPool } from "./pool.ts";
 
@@ -234,6 +234,7 @@ export async function snapshotInstance(
       );
       await installTemplate(template, ram.digest);
       template = undefined;
+      await markTemplateUser(ram.digest, home);
 
       const annotations: Record<string, string> = {
         [RESTORE_ANNOTATION]: JSON.stringify(record),

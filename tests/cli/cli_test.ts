@@ -250,6 +250,14 @@ Deno.test("gc drops the decoded RAM templates of snapshots no longer in the stor
     assertExit(r, 0);
     assert.ok(JSON.parse(r.stdout).templates.removed.includes(gone));
     assert.ok((await Deno.stat(dirs[1])).isDirectory, "a dry run removes nothing");
+    // While another home still uses a template, this home's gc only lets go of it.
+    const { markTemplateUser } = await import("../../src/runtime/restore.ts");
+    await markTemplateUser(gone, join(tmp.path, "other-home"));
+    r = await ovm(tmp.path, "gc", "--json");
+    assertExit(r, 0);
+    assert.deepEqual(JSON.parse(r.stdout).templates.removed, []);
+    assert.ok((await Deno.stat(join(dirs[1], "memory"))).isFile);
+    await Deno.remove(join(dirs[1], "homes"), { recursive: true });
     r = await ovm(tmp.path, "gc", "--json");
     assertExit(r, 0);
     const t = JSON.parse(r.stdout).templates;
