@@ -157,9 +157,22 @@ export function artifactFromDocuments(
 /** Loads an OVMS artifact from the store by ref or digest. */
 export async function loadArtifact(store: ContentStore, ref: string): Promise<Artifact> {
   const descriptor = await store.resolve(ref);
-  const ociBytes = await store.readBlob(descriptor.digest);
-  const source = `manifest ${descriptor.digest}`;
-  const oci = validate(ImageManifestSchema, parseJsonBytes(ociBytes, { source }), source);
-  const configBytes = await store.readBlob(oci.config.digest);
-  return artifactFromDocuments(descriptor, ociBytes, configBytes);
+  // Blobs are immutable, so a manifest verified and validated once stays so:
+  // restores from a warm pool skip re-reading, re-hashing and re-validating it.
+  const key = `${store.root}\0${descriptor.digest}`;
+  let parsed = PARSED.get(key);
+  if (!parsed) {
+    const ociBytes = await store.readBlob(descriptor.digest);
+    const source = `manifest ${descriptor.digest}`;
+    const oci = validate(ImageManifestSchema, parseJsonBytes(ociBytes, { source }), source);
+    const configBytes = await store.readBlob(oci.config.digest);
+    const a = artifactFromDocuments(descriptor, ociBytes, configBytes);
+    parsed = { oci: a.oci, manifest: a.manifest, config: a.config };
+    PARSED.set(key, parsed);
+    if (PARSED.size > 64) PARSED.delete(PARSED.keys().next().value!);
+  }
+  // Callers may change what they get (snapshots derive manifests): hand out copies.
+  return { descriptor, ...structuredClone(parsed) };
 }
+
+const PARSED = new Map<string, Omit<Artifact, "descriptor">>();
