@@ -26,6 +26,8 @@ const SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   // int ftruncate(int fd, off_t length)
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  // off_t lseek(int fd, off_t offset, int whence)
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   // int getrlimit(int resource, struct rlimit *rlim)
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   // int *__errno_location(void)
@@ -266,4 +268,39 @@ export function lockFileInMemory(path: string, size: number): Mapping {
   } finally {
     closeFd(fd);
   }
+}
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const ENXIO = 6;
+
+/**
+ * The byte ranges `[start, end)` of `path` within `[offset, offset + length)`
+ * that hold data (`lseek` SEEK_DATA/SEEK_HOLE): a sparse file's holes are
+ * left out, so a copy need not read them. On a filesystem without hole
+ * reporting the whole range comes back as data.
+ */
+export function dataRanges(path: string, offset: number, length: number): [number, number][] {
+  const fd = openFd(path);
+  const end = offset + length;
+  const out: [number, number][] = [];
+  try {
+    let at = offset;
+    while (at < end) {
+      const data = Number(libc().lseek(fd, BigInt(at), SEEK_DATA));
+      if (data < 0) {
+        const e = errno();
+        if (e === ENXIO) break; // no data after `at`
+        throw new ErrnoError("lseek", e, `SEEK_DATA in ${path}`);
+      }
+      if (data >= end) break;
+      let hole = Number(libc().lseek(fd, BigInt(data), SEEK_HOLE));
+      if (hole < 0) hole = end;
+      out.push([data, Math.min(hole, end)]);
+      at = hole;
+    }
+  } finally {
+    closeFd(fd);
+  }
+  return out;
 }

@@ -26,6 +26,7 @@ import { HttpUnixClient } from "../vmm/http_unix.ts";
 import { run } from "../process/mod.ts";
 import { getInstance, isActive, stopInstance } from "./runtime.ts";
 import { InstanceStore } from "./instance.ts";
+import { dataRanges } from "../../ffi/mod.ts";
 import { installTemplate, markTemplateUser, newTemplateDir } from "./restore.ts";
 
 export { WarmPool } from "./pool.ts";
@@ -308,9 +309,10 @@ async function apiCmdline(vmm: string, handle: VmHandle): Promise<string> {
 }
 
 /**
- * Copies `size` bytes of `src` (from `offset`) to a new file `dst`, leaving all-zero 1 MiB
- * chunks as holes: on tmpfs a hole costs no memory, and most of a guest's
- * RAM is never touched.
+ * Copies `size` bytes of `src` (from `offset`) to a new file `dst`, leaving
+ * holes where `src` has holes (found with SEEK_DATA, never read) and where a
+ * 1 MiB chunk is all zeros: on tmpfs a hole costs no memory, and most of a
+ * guest's RAM is never touched.
  */
 async function sparseCopy(
   src: string,
@@ -319,36 +321,41 @@ async function sparseCopy(
   options: { offset?: number; signal?: AbortSignal } = {},
 ) {
   const signal = options.signal;
+  const base = options.offset ?? 0;
   using inp = await Deno.open(src, { read: true });
-  if (options.offset) await inp.seek(BigInt(options.offset), Deno.SeekMode.Start);
   using out = await Deno.open(dst, { write: true, createNew: true, mode: 0o600 });
   await out.truncate(size);
   const buf = new Uint8Array(1 << 20);
   const words = new BigUint64Array(buf.buffer);
-  let off = 0;
-  while (off < size) {
-    signal?.throwIfAborted();
-    const want = Math.min(buf.byteLength, size - off);
-    let got = 0;
-    while (got < want) {
-      const n = await inp.read(buf.subarray(got, want));
-      if (n === null) throw new Error(`"${src}" ended at ${off + got} bytes, expected ${size}`);
-      got += n;
-    }
-    let zero = true;
-    const w = want >>> 3;
-    for (let i = 0; i < w; i++) {
-      if (words[i] !== 0n) {
-        zero = false;
-        break;
+  for (const [start, end] of dataRanges(src, base, size)) {
+    await inp.seek(start, Deno.SeekMode.Start);
+    let pos = start;
+    while (pos < end) {
+      signal?.throwIfAborted();
+      const want = Math.min(buf.byteLength, end - pos);
+      let got = 0;
+      while (got < want) {
+        const n = await inp.read(buf.subarray(got, want));
+        if (n === null) {
+          throw new Error(`"${src}" ended at ${pos + got} bytes, expected ${base + size}`);
+        }
+        got += n;
       }
+      let zero = true;
+      const w = want >>> 3;
+      for (let i = 0; i < w; i++) {
+        if (words[i] !== 0n) {
+          zero = false;
+          break;
+        }
+      }
+      for (let i = w << 3; zero && i < want; i++) if (buf[i] !== 0) zero = false;
+      if (!zero) {
+        await out.seek(pos - base, Deno.SeekMode.Start);
+        let done = 0;
+        while (done < want) done += await out.write(buf.subarray(done, want));
+      }
+      pos += want;
     }
-    for (let i = w << 3; zero && i < want; i++) if (buf[i] !== 0) zero = false;
-    if (!zero) {
-      await out.seek(off, Deno.SeekMode.Start);
-      let done = 0;
-      while (done < want) done += await out.write(buf.subarray(done, want));
-    }
-    off += want;
   }
 }

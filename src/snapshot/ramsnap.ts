@@ -14,6 +14,7 @@ import { compressFrame, decompressFrame } from "lz4-napi";
 import { ValidationError } from "../errors.ts";
 import {
   closeFd,
+  dataRanges,
   type Lz4Library,
   lz4Library,
   MADV_SEQUENTIAL,
@@ -112,29 +113,62 @@ export function encodeRamsnap(
     const h = skippable(SKIPPABLE_HEADER, new TextEncoder().encode(JSON.stringify(header)));
     blobOffset += h.byteLength;
     yield h;
+    // One compressed all-zero frame per length, reused for every hole.
+    const zeroFrames = new Map<number, Promise<Uint8Array>>();
+    const zeroFrame = (len: number) => {
+      let p = zeroFrames.get(len);
+      if (!p) {
+        p = compressFrame(Buffer.alloc(len)).then((b) => new Uint8Array(b));
+        zeroFrames.set(len, p);
+      }
+      return p;
+    };
     for (let si = 0; si < sections.length; si++) {
       const s = sections[si];
       using f = await Deno.open(s.path, { read: true });
+      // Holes (untouched guest RAM on tmpfs) are never read: their frames are the zero frame.
+      let ranges: [number, number][];
+      try {
+        ranges = dataRanges(s.path, 0, s.size);
+      } catch {
+        ranges = [[0, s.size]];
+      }
+      let ri = 0;
+      const hasData = (a: number, b: number) => {
+        while (ri < ranges.length && ranges[ri][1] <= a) ri++;
+        return ri < ranges.length && ranges[ri][0] < b;
+      };
       let offset = 0;
       const inflight: Promise<{ frame: Uint8Array; len: number; zero: boolean; at: number }>[] = [];
-      const next = async () => {
-        const at = offset;
-        const len = Math.min(chunkSize, s.size - offset);
-        offset += len;
-        const buf = new Uint8Array(len);
-        const got = await readFull(f, buf);
-        if (got !== len) {
-          throw new ValidationError(
-            `Section "${s.name}" (${s.path}) ended at ${at + got} bytes, expected ${s.size}`,
-          );
-        }
-        const zero = isAllZero(buf);
-        const frame = new Uint8Array(await compressFrame(Buffer.from(buf.buffer, 0, len)));
-        return { frame, len, zero, at };
-      };
       while (offset < s.size || inflight.length > 0) {
         options.signal?.throwIfAborted();
-        while (offset < s.size && inflight.length < concurrency) inflight.push(next());
+        // Chunks are read in order, one at a time; compression runs `concurrency` wide.
+        while (offset < s.size && inflight.length < concurrency) {
+          const at = offset;
+          const len = Math.min(chunkSize, s.size - offset);
+          offset += len;
+          if (!hasData(at, at + len)) {
+            inflight.push(zeroFrame(len).then((frame) => ({ frame, len, zero: true, at })));
+            continue;
+          }
+          const buf = new Uint8Array(len);
+          await f.seek(at, Deno.SeekMode.Start);
+          const got = await readFull(f, buf);
+          if (got !== len) {
+            throw new ValidationError(
+              `Section "${s.name}" (${s.path}) ended at ${at + got} bytes, expected ${s.size}`,
+            );
+          }
+          const zero = isAllZero(buf);
+          inflight.push(
+            compressFrame(Buffer.from(buf.buffer, 0, len)).then((b) => ({
+              frame: new Uint8Array(b),
+              len,
+              zero,
+              at,
+            })),
+          );
+        }
         const r = await inflight.shift()!;
         frames.push([si, r.at, blobOffset, r.frame.byteLength, r.len, r.zero ? 1 : 0]);
         blobOffset += r.frame.byteLength;

@@ -133,3 +133,27 @@ Deno.test("mlock refused by the kernel names RLIMIT_MEMLOCK and the fix", async 
   assert.match(r.hint, /RLIMIT_MEMLOCK is 0 bytes/);
   assert.match(r.hint, /ulimit -l unlimited/);
 });
+
+Deno.test("dataRanges reports the data of a sparse file and skips its holes", async () => {
+  const { dataRanges } = await import("../../ffi/mod.ts");
+  await using tmp = await tempDir();
+  const p = join(tmp.path, "sparse");
+  const MiB = 1 << 20;
+  {
+    using f = await Deno.open(p, { write: true, create: true });
+    await f.truncate(16 * MiB);
+    await f.seek(2 * MiB, Deno.SeekMode.Start);
+    await f.write(new Uint8Array(MiB).fill(1));
+    await f.seek(10 * MiB, Deno.SeekMode.Start);
+    await f.write(new Uint8Array(4096).fill(2));
+  }
+  const ranges = dataRanges(p, 0, 16 * MiB);
+  assert.deepEqual(ranges.length, 2, JSON.stringify(ranges));
+  assert.ok(ranges[0][0] <= 2 * MiB && ranges[0][1] >= 3 * MiB);
+  assert.ok(ranges[1][0] <= 10 * MiB && ranges[1][1] >= 10 * MiB + 4096);
+  // A window is honoured, and a file without data has no ranges.
+  assert.deepEqual(dataRanges(p, 4 * MiB, 4 * MiB), []);
+  await Deno.writeFile(join(tmp.path, "empty"), new Uint8Array());
+  await Deno.truncate(join(tmp.path, "empty"), MiB);
+  assert.deepEqual(dataRanges(join(tmp.path, "empty"), 0, MiB), []);
+});

@@ -198,3 +198,27 @@ for (const engine of ["liblz4", "lz4-napi"] as const) {
     assert.equal(await Deno.stat(join(tmp.path, "m")).catch(() => null), null);
   });
 }
+
+Deno.test("holes in a sparse memory file become zero frames without being read, and decode as zeros", async () => {
+  await using tmp = await tempDir();
+  const mem = join(tmp.path, "sparse-mem");
+  const MiB = 1 << 20;
+  {
+    using f = await Deno.open(mem, { write: true, create: true });
+    await f.truncate(8 * MiB);
+    await f.seek(3 * MiB + 123, Deno.SeekMode.Start);
+    await f.write(new TextEncoder().encode("guest data in the middle of a hole"));
+  }
+  const blob = join(tmp.path, "sparse.lz4");
+  await writeStream(
+    blob,
+    encodeRamsnap([{ name: "memory", path: mem, size: 8 * MiB }], { chunkSize: MiB }),
+  );
+  const { index } = await readRamsnapLayout(blob);
+  assert.deepEqual(index.frames.map((f) => f[5]), [1, 1, 1, 0, 1, 1, 1, 1]);
+  const out = join(tmp.path, "out");
+  await decodeRamsnap(blob, { memory: out });
+  assert.equal(sha256Hex(await Deno.readFile(out)), sha256Hex(await Deno.readFile(mem)));
+  const r = await new Deno.Command("lz4", { args: ["-d", "-c", blob], stdout: "piped" }).output();
+  assert.equal(sha256Hex(r.stdout), sha256Hex(await Deno.readFile(mem)));
+});
