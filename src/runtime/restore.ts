@@ -426,12 +426,7 @@ export async function restoreInstance(
   step("check snapshot compatibility");
   const instances = new InstanceStore(home);
   const adapter = getAdapter(record.vmm) as QemuAdapter;
-  if (m.ramSnapshot?.mlock_required && options.detach) {
-    throw new ValidationError(
-      "This snapshot must stay locked in memory (mlock_required), which needs a process that lives",
-      { hint: "run it in the foreground, or through 'ovm serve', which holds the lock" },
-    );
-  }
+  assertLockHolder(artifact, options);
   const publish = options.publish ?? [];
   const prepared = pooled;
   let id: string;
@@ -448,30 +443,11 @@ export async function restoreInstance(
     await instances.create(id);
   }
   const paths = instances.paths(id);
-  const now = new Date().toISOString();
-  let state: InstanceState = {
-    schemaVersion: 1,
-    id,
-    ref,
-    manifestDigest: artifact.descriptor.digest as Digest,
-    name: m.name,
-    version: m.version,
+  let state = startingState(id, ref, artifact, record, {
     adapter: adapter.name,
-    state: "starting",
-    kernelDigest: m.kernel.ref as Digest,
-    kernelVersion: record.kernelVersion,
-    ...(m.initrd
-      ? { initrdDigest: m.initrd.ref as Digest, initrdVersion: record.initrdVersion }
-      : {}),
-    accel: record.accel,
-    memoryBytes: record.memoryBytes,
-    cpus: record.cpus,
-    network: { mode: record.network, publish },
-    devices: [],
-    detached: options.detach ?? false,
-    createdAt: now,
-    ownerPid: Deno.pid,
-  };
+    publish,
+    detach: options.detach,
+  });
   let incoming: IncomingVm | undefined = prepared?.incoming;
   try {
     if (!prepared) await instances.write(state);
@@ -562,41 +538,18 @@ async function restoreOnAdapter(
   if (bareVersion(avail.version) !== bareVersion(record.vmmVersion)) {
     mismatch(`the ${record.vmm} version`, record.vmmVersion, avail.version);
   }
-  if (m.ramSnapshot?.mlock_required && options.detach) {
-    throw new ValidationError(
-      "This snapshot must stay locked in memory (mlock_required), which needs a process that lives",
-      { hint: "run it in the foreground, or through 'ovm serve', which holds the lock" },
-    );
-  }
+  assertLockHolder(artifact, options);
   const template = await ensureTemplate(store, artifact, record, { signal: options.signal });
   const instances = new InstanceStore(home);
   const id = options.name ? assertInstanceId(options.name) : newInstanceId();
   await instances.create(id);
   const paths = instances.paths(id);
   const publish = options.publish ?? [];
-  let state: InstanceState = {
-    schemaVersion: 1,
-    id,
-    ref,
-    manifestDigest: artifact.descriptor.digest as Digest,
-    name: m.name,
-    version: m.version,
+  let state = startingState(id, ref, artifact, record, {
     adapter: adapter.name,
-    state: "starting",
-    kernelDigest: m.kernel.ref as Digest,
-    kernelVersion: record.kernelVersion,
-    ...(m.initrd
-      ? { initrdDigest: m.initrd.ref as Digest, initrdVersion: record.initrdVersion }
-      : {}),
-    accel: record.accel,
-    memoryBytes: record.memoryBytes,
-    cpus: record.cpus,
-    network: { mode: record.network, publish },
-    devices: [],
-    detached: options.detach ?? false,
-    createdAt: new Date().toISOString(),
-    ownerPid: Deno.pid,
-  };
+    publish,
+    detach: options.detach,
+  });
   let started: Awaited<ReturnType<typeof adapter.restore>> | undefined;
   try {
     await instances.write(state);
@@ -706,4 +659,48 @@ export async function pruneTemplates(
     if (!options.dryRun) await dropTemplate(digest);
   }
   return { removed, freedBytes };
+}
+
+/** A snapshot that must stay locked in RAM needs a process that lives to hold the lock. */
+function assertLockHolder(artifact: Artifact, options: StartOptions): void {
+  if (artifact.manifest.ramSnapshot?.mlock_required && options.detach) {
+    throw new ValidationError(
+      "This snapshot must stay locked in memory (mlock_required), which needs a process that lives",
+      { hint: "run it in the foreground, or through 'ovm serve', which holds the lock" },
+    );
+  }
+}
+
+/** The `state.json` of an instance being restored from `record`, before its VM runs. */
+function startingState(
+  id: string,
+  ref: string,
+  artifact: Artifact,
+  record: RestoreRecord,
+  options: { adapter: string; publish: NonNullable<StartOptions["publish"]>; detach?: boolean },
+): InstanceState {
+  const m = artifact.manifest;
+  return {
+    schemaVersion: 1,
+    id,
+    ref,
+    manifestDigest: artifact.descriptor.digest as Digest,
+    name: m.name,
+    version: m.version,
+    adapter: options.adapter,
+    state: "starting",
+    kernelDigest: m.kernel.ref as Digest,
+    kernelVersion: record.kernelVersion,
+    ...(m.initrd
+      ? { initrdDigest: m.initrd.ref as Digest, initrdVersion: record.initrdVersion }
+      : {}),
+    accel: record.accel,
+    memoryBytes: record.memoryBytes,
+    cpus: record.cpus,
+    network: { mode: record.network, publish: options.publish },
+    devices: [],
+    detached: options.detach ?? false,
+    createdAt: new Date().toISOString(),
+    ownerPid: Deno.pid,
+  };
 }
