@@ -31,6 +31,7 @@ import type {
 import { getAdapter } from "../vmm/mod.ts";
 import { CliRuntimeAdapter, type RamRestoreOptions } from "../vmm/descriptor/cli_adapter.ts";
 import { pidAlive } from "../process/mod.ts";
+import { tailLines } from "../util/fs.ts";
 import { type AccelRequest, chooseAccel } from "../vmm/qemu/accel.ts";
 import { assembleChain, readKernelVersion } from "./chain.ts";
 import { assertInstanceId, type InstanceState, InstanceStore, newInstanceId } from "./instance.ts";
@@ -362,8 +363,8 @@ export async function startInstance(
   step("wait for first console output");
   if (boot !== "output") {
     await adapter.stop(started.handle, { force: true }).catch(() => {});
-    const tail = await tailText(paths.consoleLog, 20);
-    const qemuTail = await tailText(join(paths.vmDir, "qemu.log"), 10);
+    const tail = await tailLines(paths.consoleLog, 20);
+    const qemuTail = await tailLines(join(paths.vmDir, "qemu.log"), 10);
     const reason = boot === "exited"
       ? "the VMM exited before the guest printed anything"
       : boot === "aborted"
@@ -421,13 +422,13 @@ async function waitFirstOutput(
 
 /** The workload's exit code from the console (`OVMS-EXIT: <code>`), if it printed one. */
 export async function consoleExitCode(consoleLog: string): Promise<number | undefined> {
-  const text = await tailText(consoleLog, 50);
+  const text = await tailLines(consoleLog, 50);
   const all = [...text.matchAll(/^OVMS-EXIT: (\d+)\s*$/gm)];
   return all.length ? Number(all[all.length - 1][1]) : undefined;
 }
 
 async function guestPoweredOff(consoleLog: string): Promise<boolean> {
-  const text = await tailText(consoleLog, 30);
+  const text = await tailLines(consoleLog, 30);
   return /OVMS-EXIT: \d+|reboot: Power down|reboot: Restarting system/.test(text);
 }
 
@@ -500,7 +501,7 @@ async function recordExit(
       : exit
       ? `exited with code ${exit.code}`
       : "ended without the guest powering off (killed?)";
-    const qemuTail = await tailText(join(paths.vmDir, "qemu.log"), 3);
+    const qemuTail = await tailLines(join(paths.vmDir, "qemu.log"), 3);
     next = {
       ...current,
       state: "error",
@@ -626,28 +627,6 @@ export async function followConsole(
   await drain();
   return offset;
 }
-
-async function tailText(path: string, lines: number): Promise<string> {
-  try {
-    const st = await Deno.stat(path);
-    using f = await Deno.open(path, { read: true });
-    const start = Math.max(0, st.size - 64 * 1024);
-    await f.seek(start, Deno.SeekMode.Start);
-    const buf = new Uint8Array(st.size - start);
-    let got = 0;
-    while (got < buf.byteLength) {
-      const n = await f.read(buf.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    return new TextDecoder().decode(buf.subarray(0, got)).replaceAll("\r", "").trimEnd()
-      .split("\n").slice(-lines).join("\n");
-  } catch {
-    return "";
-  }
-}
-
-export { tailText as consoleTail };
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));

@@ -82,3 +82,24 @@ export async function readFileBounded(path: string, maxBytes: number): Promise<U
   }
   return buf.subarray(0, off);
 }
+
+/** The last `lines` lines of a text file (read from its last 64 KiB), or "" when unreadable. */
+export async function tailLines(path: string, lines: number): Promise<string> {
+  try {
+    const st = await Deno.stat(path);
+    using f = await Deno.open(path, { read: true });
+    const start = Math.max(0, st.size - 64 * 1024);
+    await f.seek(start, Deno.SeekMode.Start);
+    const buf = new Uint8Array(st.size - start);
+    let got = 0;
+    while (got < buf.byteLength) {
+      const n = await f.read(buf.subarray(got));
+      if (n === null) break;
+      got += n;
+    }
+    return new TextDecoder().decode(buf.subarray(0, got)).replaceAll("\r", "").trimEnd()
+      .split("\n").slice(-lines).join("\n");
+  } catch {
+    return "";
+  }
+}

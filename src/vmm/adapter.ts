@@ -196,3 +196,10 @@ export interface SnapshotFiles {
   /** The VMM's version, for the restore-compatibility record. */
   vmmVersion: string;
 }
+
+/** Removes what a VM leaves behind once its process is gone (shm files, control socket). */
+export async function removeVmFiles(handle: VmHandle): Promise<void> {
+  for (const f of [...handle.runtimeFiles, handle.controlSocket]) {
+    await Deno.remove(f).catch(() => {});
+  }
+}

@@ -9,6 +9,7 @@
 import { VmmError } from "../errors.ts";
 import { type ProcessHandle, processStartTime, run, signalPid, spawn } from "../process/mod.ts";
 import type { VmHandle } from "./adapter.ts";
+import { tailLines } from "../util/fs.ts";
 
 export interface HttpUnixOptions {
   /** The adapter name used in errors. */
@@ -191,7 +192,7 @@ export async function launchApiVmm(
   }
   if (r !== "ready") {
     await proc.stop(1000);
-    const tail = await tailText(options.logFile, 20);
+    const tail = await tailLines(options.logFile, 20);
     throw new VmmError(
       adapter,
       "start",
@@ -227,15 +228,6 @@ export async function killVmm(adapter: string, handle: VmHandle): Promise<void> 
   signalPid(handle.pid, "SIGKILL");
   if (!(await waitGone(handle, 5000))) {
     throw new VmmError(adapter, "stop", `process ${handle.pid} survived SIGKILL`);
-  }
-}
-
-export async function tailText(path: string, lines: number): Promise<string> {
-  try {
-    const text = await Deno.readTextFile(path);
-    return text.trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "";
   }
 }
 

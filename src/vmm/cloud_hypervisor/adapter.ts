@@ -21,6 +21,7 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
+import { removeVmFiles } from "../adapter.ts";
 import { createOverlayOn, materializeLayers } from "../descriptor/chain_files.ts";
 import {
   HttpUnixClient,
@@ -210,9 +211,7 @@ export class CloudHypervisorAdapter implements VmmAdapter {
       await killVmm(ADAPTER, handle);
       return { how: "killed" };
     } finally {
-      for (const f of [...handle.runtimeFiles, handle.controlSocket]) {
-        await Deno.remove(f).catch(() => {});
-      }
+      await removeVmFiles(handle);
     }
   }
 

@@ -23,6 +23,7 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
+import { tailLines } from "../../util/fs.ts";
 import { createOverlayOn, flattenToRaw, materializeLayers } from "./chain_files.ts";
 import { expand, type RuntimeDescriptor } from "./schema.ts";
 
@@ -279,7 +280,7 @@ export class CliRuntimeAdapter implements VmmAdapter {
     const deadline = Date.now() + this.#graceMs;
     while (Date.now() < deadline) {
       if (proc.exited) {
-        const tail = await tailFile(spec.consoleLog, 20);
+        const tail = await tailLines(spec.consoleLog, 20);
         await removeFiles(handle);
         throw new VmmError(
           this.name,
@@ -459,15 +460,6 @@ function stagedNames(spec: VmSpec): { kernel: string; initrd?: string; extraDisk
 
 async function removeFiles(handle: VmHandle): Promise<void> {
   for (const f of handle.runtimeFiles) await Deno.remove(f).catch(() => {});
-}
-
-export async function tailFile(path: string, lines: number): Promise<string> {
-  try {
-    const text = await Deno.readTextFile(path);
-    return text.trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "";
-  }
 }
 
 function sleep(ms: number): Promise<void> {

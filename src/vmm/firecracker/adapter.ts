@@ -23,6 +23,7 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
+import { removeVmFiles } from "../adapter.ts";
 import { flattenToRaw } from "../descriptor/chain_files.ts";
 import {
   HttpUnixClient,
@@ -246,9 +247,7 @@ export class FirecrackerAdapter implements VmmAdapter {
       await killVmm(ADAPTER, handle);
       return { how: "killed" };
     } finally {
-      for (const f of [...handle.runtimeFiles, handle.controlSocket]) {
-        await Deno.remove(f).catch(() => {});
-      }
+      await removeVmFiles(handle);
     }
   }
 

@@ -16,7 +16,7 @@ import {
   type SpawnOptions,
   which,
 } from "../../process/mod.ts";
-import { exists } from "../../util/fs.ts";
+import { exists, tailLines } from "../../util/fs.ts";
 import type {
   AdapterCapabilities,
   SnapshotFiles,
@@ -28,6 +28,7 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
+import { removeVmFiles } from "../adapter.ts";
 import { buildQemuCommand, MIGRATION_SOCKET_NAME, QMP_SOCKET_NAME, ramPath } from "./cmdline.ts";
 import { QmpClient } from "./qmp.ts";
 
@@ -194,8 +195,8 @@ export class QemuAdapter implements VmmAdapter {
     const deadline = Date.now() + 15_000;
     while (true) {
       if (proc.exited) {
-        const tail = await tailFile(qemuLog, 20);
-        await removeFiles(handle);
+        const tail = await tailLines(qemuLog, 20);
+        await removeVmFiles(handle);
         throw new VmmError("qemu", "start", `qemu exited with code ${proc.exited.code}`, {
           hint: tail ? `qemu said:\n${tail}` : undefined,
         });
@@ -203,7 +204,7 @@ export class QemuAdapter implements VmmAdapter {
       if (await exists(handle.controlSocket)) break;
       if (options.signal?.aborted || Date.now() > deadline) {
         await proc.stop(1000);
-        await removeFiles(handle);
+        await removeVmFiles(handle);
         if (options.signal?.aborted) throw options.signal.reason;
         throw new VmmError("qemu", "start", "qemu did not open its QMP socket within 15 s");
       }
@@ -286,7 +287,7 @@ export class QemuAdapter implements VmmAdapter {
     options: { timeoutMs?: number; force?: boolean } = {},
   ): Promise<StopResult> {
     if (!(await this.#alive(handle))) {
-      await removeFiles(handle);
+      await removeVmFiles(handle);
       return { how: "already-stopped" };
     }
     let how: StopResult["how"] = "poweroff";
@@ -324,7 +325,7 @@ export class QemuAdapter implements VmmAdapter {
       return { how };
     } finally {
       qmp?.close();
-      await removeFiles(handle);
+      await removeVmFiles(handle);
     }
   }
 
@@ -519,7 +520,7 @@ export class QemuAdapter implements VmmAdapter {
       }
       await running;
     } catch (e) {
-      const tail = await tailFile(join(incoming.spec.vmDir, QEMU_LOG_NAME), 10);
+      const tail = await tailLines(join(incoming.spec.vmDir, QEMU_LOG_NAME), 10);
       throw new VmmError("qemu", "restore", "the guest did not resume from the snapshot", {
         cause: e,
         hint: tail ? `qemu said:\n${tail}` : undefined,
@@ -579,22 +580,6 @@ async function guestRam(handle: VmHandle): Promise<{ memory: string; memoryBytes
   throw new VmmError("qemu", "snapshot", "the VM has no RAM file to snapshot", {
     hint: "it was started by an older ovm (memfd RAM); snapshot a VM booted by this ovm",
   });
-}
-
-/** Removes what a VM leaves behind once its process is gone. */
-async function removeFiles(handle: VmHandle): Promise<void> {
-  for (const f of [...handle.runtimeFiles, handle.controlSocket]) {
-    await Deno.remove(f).catch(() => {});
-  }
-}
-
-async function tailFile(path: string, lines: number): Promise<string> {
-  try {
-    const text = await Deno.readTextFile(path);
-    return text.trimEnd().split("\n").slice(-lines).join("\n");
-  } catch {
-    return "";
-  }
 }
 
 function sleep(ms: number): Promise<void> {
