@@ -5,7 +5,9 @@
  * known bytes), and a temp bin directory holding fake VMM executables.
  */
 import { join } from "node:path";
+import assert from "node:assert/strict";
 import type { VmSpec } from "../../src/vmm/adapter.ts";
+import { ovmIn } from "./runtime.ts";
 
 const FAKE_MAIN = new URL("./fake_vmm_main.ts", import.meta.url).pathname;
 
@@ -146,4 +148,27 @@ export interface LoggedCall {
 export async function readCallLog(path: string): Promise<LoggedCall[]> {
   const text = await Deno.readTextFile(path).catch(() => "");
   return text.split("\n").filter(Boolean).map((l) => JSON.parse(l));
+}
+
+/** Packs the files of {@linkcode makeSpec} (base + top qcow2) as `fake/vm:1`, preferring `runtime`. */
+export async function packFakeArtifact(home: string, runtime: string): Promise<string> {
+  const files = await makeSpec(join(home, "src"));
+  const pack = await ovmIn(
+    home,
+    "pack",
+    "--kernel",
+    files.kernel,
+    "--initrd",
+    files.initrd!,
+    "--disk",
+    join(home, "src", "work", "base.qcow2"),
+    "--disk",
+    join(home, "src", "work", "top.qcow2"),
+    "--runtime",
+    runtime,
+    "-t",
+    "fake/vm:1",
+  );
+  assert.equal(pack.code, 0, pack.stderr);
+  return "fake/vm:1";
 }

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { ovmIn, readState } from "../_helpers/runtime.ts";
-import { fakeBin, makeSpec, readCallLog } from "../_helpers/vmm_runtimes.ts";
+import { fakeBin, packFakeArtifact, readCallLog } from "../_helpers/vmm_runtimes.ts";
 import { pidAlive, processStartTime } from "../../src/process/mod.ts";
 
 for (const runtime of ["cloud-hypervisor", "firecracker"]) {
@@ -17,24 +17,7 @@ for (const runtime of ["cloud-hypervisor", "firecracker"]) {
     await using bin = await fakeBin({ log });
     let pid: number | undefined;
     try {
-      const files = await makeSpec(join(home, "src"));
-      const pack = await ovmIn(
-        home,
-        "pack",
-        "--kernel",
-        files.kernel,
-        "--initrd",
-        files.initrd!,
-        "--disk",
-        join(home, "src", "work", "base.qcow2"),
-        "--disk",
-        join(home, "src", "work", "top.qcow2"),
-        "--runtime",
-        runtime,
-        "-t",
-        "fake/vm:1",
-      );
-      assert.equal(pack.code, 0, pack.stderr);
+      await packFakeArtifact(home, runtime);
       const run = await ovmIn(
         home,
         "run",

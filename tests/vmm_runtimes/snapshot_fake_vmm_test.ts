@@ -12,7 +12,7 @@ import { ovmIn, readState } from "../_helpers/runtime.ts";
 import {
   BASE_BYTE,
   fakeBin,
-  makeSpec,
+  packFakeArtifact,
   readCallLog,
   readDiskBytes,
   TOP_BYTE,
@@ -39,24 +39,7 @@ for (const runtime of ["cloud-hypervisor", "firecracker"]) {
     const pids: number[] = [];
     let ramsnap: string | undefined;
     try {
-      const files = await makeSpec(join(home, "src"));
-      const pack = await ovmIn(
-        home,
-        "pack",
-        "--kernel",
-        files.kernel,
-        "--initrd",
-        files.initrd!,
-        "--disk",
-        join(home, "src", "work", "base.qcow2"),
-        "--disk",
-        join(home, "src", "work", "top.qcow2"),
-        "--runtime",
-        runtime,
-        "-t",
-        "fake/vm:1",
-      );
-      assert.equal(pack.code, 0, pack.stderr);
+      await packFakeArtifact(home, runtime);
       const runArgs = ["--runtime", runtime, "--runtime-path", binPath, "--net", "none", "-d"];
       const run = await ovmIn(
         home,
