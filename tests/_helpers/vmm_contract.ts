@@ -1,8 +1,8 @@
 /**
  * @module
  * Contract checking for the Cloud Hypervisor and Firecracker adapters: the
- * official API documents in `../shared/vendor-specs/` (read at test time,
- * never copied into the repo) parsed with `yaml`, every request body and
+ * official API documents, copied into `tests/testdata/vendor-specs/` (see
+ * its README for source, version and licence), parsed with `yaml`, every request body and
  * every response body validated with `ajv` against the operation's schema.
  * Object schemas are tightened to refuse undeclared properties, so a
  * misspelt field fails here instead of being ignored by a real VMM.
@@ -15,7 +15,7 @@ import { Ajv } from "ajv";
 import { parse } from "yaml";
 import { dirname, join } from "node:path";
 
-export const VENDOR_SPECS = new URL("../../../shared/vendor-specs/", import.meta.url).pathname;
+export const VENDOR_SPECS = new URL("../testdata/vendor-specs/", import.meta.url).pathname;
 
 type Json = Record<string, unknown>;
 

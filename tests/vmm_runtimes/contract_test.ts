@@ -2,8 +2,8 @@
  * Contract tests of the Cloud Hypervisor and Firecracker adapters. Neither
  * binary exists here, so a fake executable on PATH serves the API on the
  * socket the adapter gives it; every request the adapter sends is validated
- * against the official API document (../shared/vendor-specs/, read at test
- * time) and every answer satisfies the same document. Real-binary tests are
+ * against the official API document (tests/testdata/vendor-specs/, copied
+ * from upstream) and every answer satisfies the same document. Real-binary tests are
  * in real_binaries_test.ts.
  */
 import assert from "node:assert/strict";
