@@ -15,7 +15,7 @@ import {
   type ImageManifest,
   MediaTypes,
 } from "../manifest/mod.ts";
-import type { Repository } from "./registry.ts";
+import type { Repository } from "./remote/mod.ts";
 
 export interface AttachResult {
   descriptor: Descriptor;

@@ -35,8 +35,8 @@ import {
   layerDescriptors,
 } from "../store/mod.ts";
 import { exists, readFileBounded } from "../util/fs.ts";
-import { checkManifestDocument, type FetchedManifest, type Repository } from "./registry.ts";
-import { isNetworkError } from "./transport.ts";
+import { checkManifestDocument, type FetchedManifest, type Repository } from "./remote/mod.ts";
+import { isNetworkError } from "./remote/mod.ts";
 
 /** Progress events; `--progress=json` prints them as NDJSON. */
 export type CopyEvent =

@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { ValidationError } from "../errors.ts";
 import { exists, writeFileAtomic } from "../util/fs.ts";
-import type { Credential, CredentialProvider } from "./transport.ts";
+import type { Credential, CredentialProvider } from "./remote/mod.ts";
 
 interface AuthFile {
   auths?: Record<

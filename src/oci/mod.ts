@@ -23,17 +23,16 @@ import {
 } from "./copy.ts";
 import { fileCredentials } from "./credentials.ts";
 import { parseReference, type Reference, referenceName } from "./reference.ts";
-import { Repository } from "./registry.ts";
 import {
   type CredentialProvider,
   defaultTransport,
+  Repository,
   type RetryOptions,
   type Transport,
-} from "./transport.ts";
+} from "./remote/mod.ts";
 
 export * from "./reference.ts";
-export * from "./transport.ts";
-export * from "./registry.ts";
+export * from "./remote/mod.ts";
 export * from "./copy.ts";
 export * from "./credentials.ts";
 
