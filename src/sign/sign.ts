@@ -6,13 +6,18 @@
  * sources so they follow an artifact (push, pull, copy to another repository).
  */
 import { ValidationError } from "../errors.ts";
-import { type Descriptor, type Digest, digestHex, type ImageManifest } from "../manifest/mod.ts";
+import type { Descriptor, Digest, ImageManifest } from "../manifest/mod.ts";
 import { openRepository, parseReference, type RemoteOptions } from "../oci/mod.ts";
 import { type ContentStore, parseLocalRef } from "../store/mod.ts";
 import { VERSION } from "../version.ts";
 import {
-  buildBundle,
+  buildDsseBundle,
   bundleManifest,
+  COSIGN_SIGN_PREDICATE,
+  cosignKeyHint,
+  dssePae,
+  IN_TOTO_PAYLOAD_TYPE,
+  signStatement,
   EMPTY_CONFIG,
   signatureTag,
   SignMediaTypes,
@@ -135,13 +140,19 @@ export async function signResolved(
   const has = (f: SignatureForm) => existing.verified.some((v) => v.form === f);
   const forms: SignResult["forms"] = [];
 
-  if (has("bundle")) {
+  // Only a DSSE bundle counts as existing: cosign 3 does not read the
+  // message-signature bundles ovm wrote before.
+  if (existing.verified.some((v) => v.form === "bundle" && v.content === "dsse-envelope")) {
     forms.push({ form: "bundle", carrier: "existing" });
   } else {
-    const sig = await key.sign(t.bytes);
-    const bundle = buildBundle(t.digest, sig, digestHex(key.publicKey.fingerprint as Digest));
-    const created = createdNow();
-    const { manifest } = bundleManifest(t.descriptor, bundle, created);
+    const statement = signStatement(t.digest, options.annotations);
+    const sig = await key.sign(dssePae(IN_TOTO_PAYLOAD_TYPE, statement));
+    const bundle = buildDsseBundle(statement, sig, cosignKeyHint(key.publicKey.spki));
+    const { manifest } = bundleManifest(t.descriptor, bundle, {
+      created: createdNow(),
+      content: "dsse-envelope",
+      predicateType: COSIGN_SIGN_PREDICATE,
+    });
     const d = await t.source.attach(manifest, [EMPTY_CONFIG, bundle], { signal });
     forms.push({ form: "bundle", carrier: d.digest as Digest });
   }

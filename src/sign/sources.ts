@@ -83,14 +83,19 @@ export class RemoteSignatureSource implements SignatureSource {
   }
 
   async bundleManifests(subject: Digest, signal?: AbortSignal): Promise<StoredManifest[]> {
-    const refs = await this.repo.referrers(subject, {
-      signal,
-      artifactType: SignMediaTypes.bundle,
-    });
+    // Not filtered by the registry: cosign's entries in the sha256-<hex> tag
+    // index carry the config's media type (the OCI empty type) as their
+    // artifactType, so a bundle is recognised by its manifest.
+    const refs = (await this.repo.referrers(subject, { signal })).filter((d) =>
+      !d.artifactType || d.artifactType === SignMediaTypes.bundle ||
+      d.artifactType === MediaTypes.ociEmpty
+    );
     const out: StoredManifest[] = [];
-    for (const d of refs.slice(0, MAX_SIGNATURES)) {
+    for (const d of refs) {
+      if (out.length >= MAX_SIGNATURES) break;
       try {
-        out.push(await this.manifest(d.digest, signal));
+        const m = await this.manifest(d.digest, signal);
+        if (m.manifest.artifactType === SignMediaTypes.bundle) out.push(m);
       } catch (e) {
         // A tag-schema index may name a referrer since deleted.
         if (!(e instanceof NotFoundError)) throw e;

@@ -10,7 +10,13 @@ import { PolicyError } from "../errors.ts";
 import type { Digest } from "../manifest/mod.ts";
 import {
   base64Decode,
+  type BundleContent,
+  COSIGN_SIGN_PREDICATE,
+  cosignKeyHint,
+  dssePae,
+  IN_TOTO_PAYLOAD_TYPE,
   parseBundle,
+  parseStatement,
   parseSimpleSigningPayload,
   SignAnnotations,
   SignMediaTypes,
@@ -27,6 +33,8 @@ export type SignatureForm = "bundle" | "cosign-legacy";
 
 export interface VerifiedSignature {
   form: SignatureForm;
+  /** For bundles: a DSSE envelope (cosign 3, ovm) or a plain message signature. */
+  content?: BundleContent;
   /** The trusted key that verified it: `sha256:<hex>` of its PKIX DER. */
   keyFingerprint: string;
   keySource: string;
@@ -128,22 +136,52 @@ async function checkBundle(
   const layer = m.manifest.layers.find((l) => l.mediaType === SignMediaTypes.bundle);
   if (!layer) return `${where}: no layer of media type "${SignMediaTypes.bundle}"`;
   const bundle = parseBundle(await source.blob(layer, MAX_ATTACHMENT_BYTES, signal));
-  if (bundle.digest !== subject.digest) {
-    return `${where}: signs "${bundle.digest}", not "${subject.digest}" (a signature replayed from another artifact)`;
-  }
-  // The hint names the key; try it first, then the rest (cosign leaves hints empty).
+  // The hint names the key; try it first, then the rest (hints are advisory).
   const ordered = [
-    ...keys.filter((k) => k.fingerprint.endsWith(bundle.keyHint) && bundle.keyHint),
+    ...keys.filter((k) => bundle.keyHint && keyMatchesHint(k, bundle.keyHint)),
     ...keys,
   ];
-  const key = await firstVerifying(ordered, bundle.signature, subject.bytes);
-  if (!key) return `${where}: does not verify with any trusted key`;
-  return {
+  const verified = (key: PublicKey): VerifiedSignature => ({
     form: "bundle",
+    content: bundle.content,
     keyFingerprint: key.fingerprint,
     keySource: key.source,
     carrier: m.descriptor.digest as Digest,
-  };
+  });
+  const replay = (signed: string) =>
+    `${where}: signs "${signed}", not "${subject.digest}" (a signature replayed from another artifact)`;
+
+  if (bundle.content === "message-signature") {
+    if (bundle.digest !== subject.digest) return replay(bundle.digest);
+    const key = await firstVerifying(ordered, bundle.signature, subject.bytes);
+    if (!key) return `${where}: does not verify with any trusted key`;
+    return verified(key);
+  }
+  if (bundle.payloadType !== IN_TOTO_PAYLOAD_TYPE) {
+    return `${where}: its DSSE payload type is "${bundle.payloadType}", not "${IN_TOTO_PAYLOAD_TYPE}"`;
+  }
+  // The envelope's signature first: nothing unverified is interpreted further.
+  const pae = dssePae(bundle.payloadType, bundle.payload);
+  let key: PublicKey | undefined;
+  for (const sig of bundle.signatures) {
+    key = await firstVerifying(ordered, sig, pae);
+    if (key) break;
+  }
+  if (!key) return `${where}: does not verify with any trusted key`;
+  const st = parseStatement(bundle.payload);
+  if (st.predicateType !== COSIGN_SIGN_PREDICATE) {
+    return `${where}: is an attestation (predicate "${st.predicateType}"), not a signature (predicate "${COSIGN_SIGN_PREDICATE}")`;
+  }
+  if (!st.subjects.includes(subject.digest)) {
+    return replay(st.subjects.join(", ") || "no sha256 subject");
+  }
+  return verified(key);
+}
+
+/** A bundle's key hint: cosign's base64 SHA-256 of the PKIX DER, or the hex ovm once wrote. */
+function keyMatchesHint(k: PublicKey, hint: string): boolean {
+  const hex = k.fingerprint.slice("sha256:".length);
+  return hint === hex || hint === cosignKeyHint(k.spki);
 }
 
 async function firstVerifying(
