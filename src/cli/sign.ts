@@ -45,11 +45,12 @@ export const signCommand: Command = {
   usage: "sign --key KEY <REF> [-a KEY=VALUE]... [options]",
   description:
     "A tag is resolved first and the digest it names is signed (and printed). Two forms are\n" +
-    "written: a Sigstore bundle v0.3 attached as an OCI 1.1 referrer (subject = the manifest;\n" +
-    "the sha256-<hex> tag index on registries without the referrers API), and cosign's\n" +
-    "simple-signing signature at tag sha256-<hex>.sig. A ref with a registry host is signed in\n" +
-    "the registry; any other ref (or --local) in the local store (see docs/signing.md for how\n" +
-    "local signatures reach a registry).\n" +
+    "written, both readable by `cosign verify --key`: a Sigstore bundle v0.3 (a DSSE in-toto\n" +
+    "statement of the digest, as cosign 3 writes it) attached as an OCI 1.1 referrer (subject =\n" +
+    "the manifest; the sha256-<hex> tag index on registries without the referrers API), and\n" +
+    "cosign's legacy simple-signing signature at tag sha256-<hex>.sig. A ref with a registry\n" +
+    "host is signed in the registry; any other ref (or --local) in the local store (see\n" +
+    "docs/signing.md for how local signatures reach a registry).\n" +
     "Encrypted keys read their passphrase from COSIGN_PASSWORD or --passphrase-env VAR.",
   args: { min: 1, max: 1, names: "REF" },
   options: {
@@ -64,7 +65,7 @@ export const signCommand: Command = {
       short: "a",
       multiple: true,
       valueName: "KEY=VALUE",
-      help: "Extra claim in the simple-signing payload's optional section",
+      help: "Extra claim (payload's optional section, statement subject annotations)",
     },
     local: { type: "boolean", help: "Sign the artifact in the local store, not the registry" },
     "plain-http": REMOTE_OPTIONS["plain-http"],

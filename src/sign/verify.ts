@@ -16,8 +16,8 @@ import {
   dssePae,
   IN_TOTO_PAYLOAD_TYPE,
   parseBundle,
-  parseStatement,
   parseSimpleSigningPayload,
+  parseStatement,
   SignAnnotations,
   SignMediaTypes,
 } from "./formats.ts";

@@ -17,7 +17,10 @@ import {
   resetCapabilities,
 } from "../../src/oci/mod.ts";
 import {
+  buildBundle,
+  bundleManifest,
   copySignatures,
+  EMPTY_CONFIG,
   loadPublicKey,
   loadSigningKey,
   RemoteSignatureSource,
@@ -397,4 +400,32 @@ Deno.test("ovm copy carries the signatures along, so the copy verifies", async (
   assertExit(r2, 0);
   assert.equal(JSON.parse(r2.stdout).signatures, 0);
   await assert.rejects(verifyReference(`${reg.host}/bare/demo:1.0`, [key.publicKey]));
+});
+
+Deno.test("a message-signature bundle (ovm's earlier form) still verifies, and signing again adds the DSSE form", async () => {
+  resetCapabilities();
+  await using reg = await startRegistry();
+  await using tmp = await tempDir();
+  const { digest } = await packDummy(tmp.path, "demo/vm:1.0");
+  const keys = await makeKeys(tmp.path, "k");
+  await pushFromStore(await ContentStore.open(tmp.path), "demo/vm:1.0", `${reg.host}/vms/demo:1.0`);
+  const key = await loadSigningKey(keys.privatePath);
+  const source = new RemoteSignatureSource(openRepository(`${reg.host}/vms/demo`));
+  const m = await source.manifest(digest);
+  const bundle = buildBundle(digest as Digest, await key.sign(m.bytes), "");
+  const { manifest } = bundleManifest(m.descriptor, bundle, {
+    created: "2026-01-01T00:00:00Z",
+    content: "message-signature",
+  });
+  await source.attach(manifest, [EMPTY_CONFIG, bundle]);
+
+  const r = await verifyReference(`${reg.host}/vms/demo:1.0`, [key.publicKey]);
+  assert.deepEqual(r.verified.map((v) => [v.form, v.content]), [["bundle", "message-signature"]]);
+  const s = await signReference(`${reg.host}/vms/demo:1.0`, key);
+  assert.notEqual(s.forms.find((f) => f.form === "bundle")?.carrier, "existing");
+  const again = await verifyReference(`${reg.host}/vms/demo:1.0`, [key.publicKey]);
+  assert.deepEqual(
+    again.verified.filter((v) => v.form === "bundle").map((v) => v.content).sort(),
+    ["dsse-envelope", "message-signature"],
+  );
 });
