@@ -15,6 +15,8 @@ PACKAGES=(
   cloud-init                   # its schema validator, for convert's cloud-init profile
   apache2-utils openssl        # htpasswd and certificates for registry auth tests
   dosfstools mtools attr zstd  # convert: vfat cidata seed, xattrs, zstd layers
+  iproute2 nftables            # bridge networking: bridges, TAPs, NAT and port DNAT
+  curl iperf3                  # networking tests and the bridge-vs-user throughput bench
 )
 
 missing=()

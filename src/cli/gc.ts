@@ -5,6 +5,9 @@
 import { join } from "node:path";
 import { type Digest, isDigest } from "../manifest/mod.ts";
 import { pruneTemplates } from "../runtime/restore.ts";
+import { getInstance, isActive } from "../runtime/mod.ts";
+import { netPaths, pruneNetworks } from "../net/mod.ts";
+import { exists } from "../util/fs.ts";
 import { formatBytes } from "../util/size.ts";
 import { bool, type Command } from "./command.ts";
 
@@ -30,7 +33,17 @@ export async function instanceRoots(instancesDir: string): Promise<Digest[]> {
   return out;
 }
 
+/** Whether an instance exists and its VM is running (reattaching to it first). */
+export async function instanceRunning(home: string, id: string): Promise<boolean> {
+  try {
+    return isActive(await getInstance(home, id));
+  } catch {
+    return false;
+  }
+}
+
 export const gcCommand: Command = {
+  usesRuntimes: true,
   name: "gc",
   summary: "Remove blobs that no ref and no instance needs, and stale partial downloads",
   usage: "gc [--dry-run] [--json]",
@@ -41,7 +54,18 @@ export const gcCommand: Command = {
     const res = await store.gc({ roots, dryRun: bool(input, "dry-run") });
     // Decoded RAM snapshots in /dev/shm are memory: drop those of snapshots gone from the store.
     const templates = await pruneTemplates(store, { dryRun: bool(input, "dry-run") });
-    ctx.out.result({ ...res, templates });
+    // What crashed instances left on the host's networks (never networks themselves).
+    const network = bool(input, "dry-run") || !(await exists(netPaths(ctx.home).state))
+      ? undefined
+      : await pruneNetworks(ctx.home, { isRunning: (id) => instanceRunning(ctx.home, id) });
+    ctx.out.result({ ...res, templates, ...(network ? { network } : {}) });
+    if (network) {
+      for (const l of network.leases) {
+        ctx.out.info(`released ${l.address} on ${l.network} (instance ${l.instance})`);
+      }
+      for (const l of network.links) ctx.out.info(`removed device ${l}`);
+      for (const t of network.tables) ctx.out.info(`removed nft table ${t}`);
+    }
     const verb = bool(input, "dry-run") ? "would remove" : "removed";
     for (const b of res.removed) ctx.out.info(`${verb} ${b.digest} (${formatBytes(b.size)})`);
     ctx.out.line(

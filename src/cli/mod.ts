@@ -6,6 +6,7 @@
 import type { Command } from "./command.ts";
 import { exportCommand } from "./export.ts";
 import { gcCommand } from "./gc.ts";
+import { networkCommand } from "./network.ts";
 import { inspectCommand } from "./inspect.ts";
 import { lsCommand } from "./ls.ts";
 import { packCommand } from "./pack.ts";
@@ -57,6 +58,7 @@ export const COMMANDS: Command[] = [
   verifyCommand,
   policyCommand,
   gcCommand,
+  networkCommand,
   systemCommand,
   versionCommand,
 ];
