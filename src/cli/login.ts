@@ -6,7 +6,7 @@
 import { ValidationError } from "../errors.ts";
 import { openRepository, parseReference, removeCredential, saveCredential } from "../oci/mod.ts";
 import { bool, type Command, str } from "./command.ts";
-import { REMOTE_OPTIONS } from "./push.ts";
+import { CONNECTION_OPTIONS } from "./push.ts";
 
 function registryOf(arg: string): string {
   const host = arg.replace(/^https?:\/\//, "").replace(/\/+$/, "");
@@ -30,7 +30,9 @@ export const loginCommand: Command = {
   summary: "Store credentials for a registry (after checking them)",
   usage: "login <REGISTRY> -u USER (-p PASSWORD | --password-stdin)",
   description:
-    "Credentials go to $OVM_HOME/auth.json (mode 0600); Docker's config.json is read too.",
+    "Credentials go to $OVM_HOME/auth.json (mode 0600). Registry verbs also read the containers\n" +
+    "auth file ($REGISTRY_AUTH_FILE, or --authfile) and Docker's config.json ($DOCKER_CONFIG or\n" +
+    "~/.docker), running the credential helpers they name (credHelpers, credsStore).",
   args: { min: 1, max: 1, names: "REGISTRY" },
   options: {
     username: { type: "string", short: "u", valueName: "USER", help: "User name" },
@@ -42,8 +44,9 @@ export const loginCommand: Command = {
     },
     "password-stdin": { type: "boolean", help: "Read the password from stdin" },
     "no-verify": { type: "boolean", help: "Store without contacting the registry" },
-    "plain-http": REMOTE_OPTIONS["plain-http"],
-    insecure: REMOTE_OPTIONS.insecure,
+    "plain-http": CONNECTION_OPTIONS["plain-http"],
+    insecure: CONNECTION_OPTIONS.insecure,
+    "ca-file": CONNECTION_OPTIONS["ca-file"],
   },
   examples: ['echo "$TOKEN" | ovm login registry.example.com -u me --password-stdin'],
   async run(ctx, input) {
@@ -68,6 +71,7 @@ export const loginCommand: Command = {
         credentials: () => Promise.resolve(creds),
         plainHttp: bool(input, "plain-http") || undefined,
         insecure: bool(input, "insecure"),
+        caFile: str(input, "ca-file"),
         signal: ctx.signal,
       });
       await repo.ping({ signal: ctx.signal });

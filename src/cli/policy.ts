@@ -5,7 +5,7 @@
  */
 import { checkAdmission, loadPolicy, policyPath } from "../sign/mod.ts";
 import { type Command, type OptionSpec, str } from "./command.ts";
-import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
+import { CONNECTION_OPTIONS, remoteOptions } from "./push.ts";
 import { ValidationError } from "../errors.ts";
 import { parseReference } from "../oci/mod.ts";
 
@@ -32,8 +32,7 @@ const checkCommand: Command = {
       help: "Policy file (default $OVM_HOME/policy.json)",
     },
     for: { type: "string", valueName: "KIND", help: "pull (registry) or run (local store)" },
-    "plain-http": REMOTE_OPTIONS["plain-http"],
-    insecure: REMOTE_OPTIONS.insecure,
+    ...CONNECTION_OPTIONS,
   },
   examples: [
     "ovm policy check localhost:5000/vms/demo:1.0",

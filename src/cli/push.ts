@@ -2,7 +2,8 @@
  * @module
  * `ovm push`: uploads a local artifact (a store ref, or a directory in the
  * download layout `ovm export` writes) to a registry. Also home of the flags
- * every registry verb shares (`--plain-http`, `--insecure`, `--progress`).
+ * every registry verb shares (`--plain-http`, `--insecure`, `--ca-file`, `--authfile`,
+ * `--progress`).
  */
 import { ValidationError } from "../errors.ts";
 import { pushFromStore, type RemoteOptions } from "../oci/mod.ts";
@@ -18,7 +19,8 @@ import {
   str,
 } from "./command.ts";
 
-export const REMOTE_OPTIONS: Record<string, OptionSpec> = {
+/** How to reach and authenticate to a registry: every verb that talks to one takes these. */
+export const CONNECTION_OPTIONS: Record<string, OptionSpec> = {
   "plain-http": {
     type: "boolean",
     help: "Talk HTTP, not HTTPS (the default for localhost and 127.x registries)",
@@ -27,6 +29,22 @@ export const REMOTE_OPTIONS: Record<string, OptionSpec> = {
     type: "boolean",
     help: "Fall back to plain HTTP when the registry does not answer HTTPS",
   },
+  "ca-file": {
+    type: "string",
+    valueName: "FILE",
+    help:
+      "Also trust the CA certificates in this PEM file (as do SSL_CERT_FILE and certs.d/HOST:PORT/*.crt under /etc/containers, /etc/docker or $OVM_CERTS_D)",
+  },
+  authfile: {
+    type: "string",
+    valueName: "FILE",
+    help:
+      "Read credentials from this containers auth.json (default $REGISTRY_AUTH_FILE; then Docker's config.json)",
+  },
+};
+
+export const REMOTE_OPTIONS: Record<string, OptionSpec> = {
+  ...CONNECTION_OPTIONS,
   progress: {
     type: "string",
     valueName: "MODE",
@@ -64,6 +82,8 @@ export function remoteOptions(
       signal: ctx.signal,
       plainHttp: bool(input, "plain-http") || undefined,
       insecure: bool(input, "insecure"),
+      caFile: str(input, "ca-file"),
+      authFile: str(input, "authfile"),
       concurrency,
       onEvent: progress.event,
       retry: {

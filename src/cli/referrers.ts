@@ -7,7 +7,7 @@
 import { listReferrers, referrersCapabilityOf } from "../oci/mod.ts";
 import { parseReference } from "../oci/reference.ts";
 import { type Command, str } from "./command.ts";
-import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
+import { CONNECTION_OPTIONS, remoteOptions } from "./push.ts";
 
 export const referrersCommand: Command = {
   name: "referrers",
@@ -15,8 +15,7 @@ export const referrersCommand: Command = {
   usage: "referrers <REGISTRY/REPO[:TAG|@DIGEST]> [--artifact-type TYPE] [options]",
   args: { min: 1, max: 1, names: "REMOTE-REF" },
   options: {
-    "plain-http": REMOTE_OPTIONS["plain-http"],
-    insecure: REMOTE_OPTIONS.insecure,
+    ...CONNECTION_OPTIONS,
     "artifact-type": {
       type: "string",
       valueName: "TYPE",

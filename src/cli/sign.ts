@@ -7,7 +7,7 @@
 import { ValidationError } from "../errors.ts";
 import { loadSigningKey, type SigningKey, signReference } from "../sign/mod.ts";
 import { type CliContext, type Command, type ParsedInput, str, strs } from "./command.ts";
-import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
+import { CONNECTION_OPTIONS, remoteOptions } from "./push.ts";
 
 /** Reads the private key named by --key, with the passphrase from --passphrase-env or COSIGN_PASSWORD. */
 export async function signingKeyFromFlags(
@@ -68,8 +68,7 @@ export const signCommand: Command = {
       help: "Extra claim (payload's optional section, statement subject annotations)",
     },
     local: { type: "boolean", help: "Sign the artifact in the local store, not the registry" },
-    "plain-http": REMOTE_OPTIONS["plain-http"],
-    insecure: REMOTE_OPTIONS.insecure,
+    ...CONNECTION_OPTIONS,
   },
   examples: [
     "ovm sign --key ovm.key localhost:5000/vms/demo:1.0",

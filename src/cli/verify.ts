@@ -6,7 +6,7 @@
 import { ValidationError } from "../errors.ts";
 import { loadPublicKey, verifyReference } from "../sign/mod.ts";
 import { type Command, strs } from "./command.ts";
-import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
+import { CONNECTION_OPTIONS, remoteOptions } from "./push.ts";
 
 export const verifyCommand: Command = {
   name: "verify",
@@ -26,8 +26,7 @@ export const verifyCommand: Command = {
       help: "Trusted public key (PEM file)",
     },
     local: { type: "boolean", help: "Verify the artifact in the local store, not the registry" },
-    "plain-http": REMOTE_OPTIONS["plain-http"],
-    insecure: REMOTE_OPTIONS.insecure,
+    ...CONNECTION_OPTIONS,
   },
   examples: ["ovm verify --key ovm.pub localhost:5000/vms/demo:1.0"],
   async run(ctx, input) {

@@ -21,20 +21,21 @@ import {
   StoreSource,
   StoreTarget,
 } from "./copy.ts";
-import { fileCredentials } from "./credentials.ts";
+import { fileCredentials } from "./credentials/mod.ts";
 import { parseReference, type Reference, referenceName } from "./reference.ts";
 import {
   type CredentialProvider,
   defaultTransport,
   Repository,
   type RetryOptions,
+  TlsTrust,
   type Transport,
 } from "./remote/mod.ts";
 
 export * from "./reference.ts";
 export * from "./remote/mod.ts";
 export * from "./copy.ts";
-export * from "./credentials.ts";
+export * from "./credentials/mod.ts";
 
 export interface RemoteOptions {
   signal?: AbortSignal;
@@ -44,6 +45,13 @@ export interface RemoteOptions {
   credentials?: CredentialProvider;
   /** `$OVM_HOME`, for the default credentials. */
   home?: string;
+  /** A containers auth file read instead of `$REGISTRY_AUTH_FILE` (`--authfile`). */
+  authFile?: string;
+  /** A PEM file of CA certificates to trust for every registry (`--ca-file`). */
+  caFile?: string;
+  /** Where credentials, helpers and TLS settings are looked up (default the process's env). */
+  env?: { get(key: string): string | undefined };
+  /** true: HTTP; false: HTTPS even for a loopback registry; default HTTPS, HTTP for loopback. */
   plainHttp?: boolean;
   insecure?: boolean;
   retry?: RetryOptions;
@@ -61,13 +69,20 @@ export function parseRemoteReference(input: string): Reference {
 /** A repository client with the default transport stack for `options`. */
 export function openRepository(ref: Reference | string, options: RemoteOptions = {}): Repository {
   const r = typeof ref === "string" ? parseRemoteReference(ref) : ref;
+  const { env, signal } = options;
+  const tls = new TlsTrust({ caFile: options.caFile, env });
   const transport = options.transport ?? defaultTransport({
-    credentials: options.credentials ?? (options.home ? fileCredentials(options.home) : undefined),
+    credentials: options.credentials ??
+      (options.home
+        ? fileCredentials(options.home, { env, signal, authFile: options.authFile })
+        : undefined),
     retry: options.retry,
+    tls,
   });
   return new Repository({ registry: r.registry!, repository: r.repository }, {
     transport,
-    plainHttp: options.plainHttp,
+    // Loopback registries speak plain HTTP unless TLS trust was set up for them.
+    plainHttp: options.plainHttp ?? (tls.configuredFor(r.registry!) ? false : undefined),
     insecure: options.insecure,
     chunkSize: options.chunkSize,
     monolithicMax: options.monolithicMax,

@@ -95,8 +95,11 @@ export async function run(
   return res;
 }
 
-/** True when `cmd` resolves on PATH (or is an executable path). */
-export async function which(cmd: string): Promise<string | undefined> {
+/** Where `cmd` resolves on PATH (`options.path`, default the process's), or undefined. */
+export async function which(
+  cmd: string,
+  options: { path?: string } = {},
+): Promise<string | undefined> {
   if (cmd.includes("/")) {
     try {
       const st = await Deno.stat(cmd);
@@ -105,7 +108,8 @@ export async function which(cmd: string): Promise<string | undefined> {
       return undefined;
     }
   }
-  for (const dir of (Deno.env.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin").split(":")) {
+  const path = options.path ?? Deno.env.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin";
+  for (const dir of path.split(":").filter(Boolean)) {
     const p = `${dir}/${cmd}`;
     try {
       const st = await Deno.stat(p);

@@ -15,6 +15,13 @@ export interface RunningRegistry extends AsyncDisposable {
   dir: string;
   /** Requests the token server saw (token auth only). */
   tokenRequests: URL[];
+  /** With `tls`: the PEM of the private CA that signed the registry's certificate. */
+  caFile?: string;
+}
+
+export interface RegistryOptions {
+  /** Serve HTTPS with a certificate (for 127.0.0.1 and localhost) from a private CA. */
+  tls?: boolean;
 }
 
 export type RegistryAuth =
@@ -28,6 +35,10 @@ export type RegistryAuth =
     accessTokenField?: boolean;
     /** Token lifetime in seconds. */
     expiresIn?: number;
+    /** Actions the user may have per repository; absent: whatever is asked for. */
+    access?: Record<string, string[]>;
+    /** A refresh token the token server accepts (OAuth2 POST) as this user. */
+    refreshToken?: string;
   };
 
 export function freePort(): number {
@@ -50,6 +61,7 @@ async function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): Pro
 /** Starts docker-registry; waits until `/v2/` answers. */
 export async function startRegistry(
   auth: RegistryAuth = { kind: "none" },
+  options: RegistryOptions = {},
 ): Promise<RunningRegistry> {
   const dir = await Deno.makeTempDir({ prefix: "ovm-registry-" });
   const cleanups: (() => Promise<void> | void)[] = [
@@ -91,7 +103,20 @@ storage:
 http:
   addr: 127.0.0.1:${port}
 ${authYaml}`;
-    await Deno.writeTextFile(join(dir, "config.yml"), config);
+    let tlsYaml = "";
+    let caFile: string | undefined;
+    if (options.tls) {
+      const pki = await makeTestPki(dir);
+      caFile = pki.caFile;
+      tlsYaml = `  tls:
+    certificate: ${pki.certFile}
+    key: ${pki.keyFile}
+`;
+    }
+    await Deno.writeTextFile(
+      join(dir, "config.yml"),
+      config.replace(`  addr: 127.0.0.1:${port}\n`, `  addr: 127.0.0.1:${port}\n${tlsYaml}`),
+    );
     const child = new Deno.Command("docker-registry", {
       args: ["serve", join(dir, "config.yml")],
       stdout: "null",
@@ -105,21 +130,29 @@ ${authYaml}`;
       await child.status;
       await stderr;
     });
-    const url = `http://127.0.0.1:${port}`;
-    for (let i = 0;; i++) {
-      try {
-        const res = await fetch(`${url}/v2/`);
-        await res.body?.cancel();
-        if (res.status === 200 || res.status === 401) break;
-      } catch { /* not yet */ }
-      if (i > 100) throw new Error(`docker-registry did not start: ${await stderr}`);
-      await new Promise((r) => setTimeout(r, 100));
+    const url = `${caFile ? "https" : "http"}://127.0.0.1:${port}`;
+    const client = caFile
+      ? Deno.createHttpClient({ caCerts: [await Deno.readTextFile(caFile)] })
+      : undefined;
+    try {
+      for (let i = 0;; i++) {
+        try {
+          const res = await fetch(`${url}/v2/`, { client } as RequestInit);
+          await res.body?.cancel();
+          if (res.status === 200 || res.status === 401) break;
+        } catch { /* not yet */ }
+        if (i > 100) throw new Error(`docker-registry did not start: ${await stderr}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      client?.close();
     }
     return {
       host: `127.0.0.1:${port}`,
       url,
       dir,
       tokenRequests,
+      caFile,
       async [Symbol.asyncDispose]() {
         for (const c of cleanups) await c();
       },
@@ -128,6 +161,64 @@ ${authYaml}`;
     for (const c of cleanups) await c();
     throw e;
   }
+}
+
+// ---- a private CA ----
+
+/**
+ * Makes a private CA and a server certificate it signs, valid for 127.0.0.1
+ * and localhost, with openssl, in `dir`.
+ */
+export async function makeTestPki(
+  dir: string,
+): Promise<{ caFile: string; certFile: string; keyFile: string }> {
+  const caKey = join(dir, "ca.key");
+  const caFile = join(dir, "ca.crt");
+  const keyFile = join(dir, "server.key");
+  const csr = join(dir, "server.csr");
+  const certFile = join(dir, "server.crt");
+  const ext = join(dir, "server.ext");
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+  await sh("openssl", [
+    "req",
+    "-x509",
+    ...ec,
+    "-keyout",
+    caKey,
+    "-out",
+    caFile,
+    "-days",
+    "1",
+    "-subj",
+    "/CN=ovm test CA",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  ]);
+  await sh("openssl", ["req", ...ec, "-keyout", keyFile, "-out", csr, "-subj", "/CN=127.0.0.1"]);
+  await Deno.writeTextFile(
+    ext,
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+  );
+  await sh("openssl", [
+    "x509",
+    "-req",
+    "-in",
+    csr,
+    "-CA",
+    caFile,
+    "-CAkey",
+    caKey,
+    "-CAcreateserial",
+    "-out",
+    certFile,
+    "-days",
+    "1",
+    "-extfile",
+    ext,
+  ]);
+  return { caFile, certFile, keyFile };
 }
 
 // ---- token server ----
@@ -206,15 +297,33 @@ async function startTokenServer(
   const expected = `Basic ${btoa(`${auth.username}:${auth.password}`)}`;
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     const url = new URL(req.url);
+    let given = req.headers.get("authorization");
+    if (req.method === "POST") {
+      // OAuth2 refresh-token grant (distribution's token spec, "oauth.md").
+      const form = new URLSearchParams(await req.text());
+      for (const [k, v] of form) if (k !== "refresh_token") url.searchParams.append(k, v);
+      url.searchParams.delete("scope");
+      for (const s of (form.get("scope") ?? "").split(" ").filter(Boolean)) {
+        url.searchParams.append("scope", s);
+      }
+      if (form.get("grant_type") !== "refresh_token" || !auth.refreshToken) {
+        return new Response("unsupported grant", { status: 400 });
+      }
+      if (form.get("refresh_token") !== auth.refreshToken) {
+        return new Response("bad refresh token", { status: 401 });
+      }
+      given = expected;
+    }
     seen.push(url);
-    const given = req.headers.get("authorization");
     // Anonymous callers get a token without access; wrong credentials a 401.
     if (given && given !== expected) return new Response("bad credentials", { status: 401 });
     const access = given
       ? url.searchParams.getAll("scope").map((s) => {
         const [type, ...rest] = s.split(":");
-        const actions = rest.pop()!;
-        return { type, name: rest.join(":"), actions: actions.split(",") };
+        const asked = rest.pop()!.split(",");
+        const name = rest.join(":");
+        const allowed = auth.access ? auth.access[name] ?? [] : asked;
+        return { type, name, actions: asked.filter((a) => allowed.includes(a)) };
       })
       : [];
     const now = Math.floor(Date.now() / 1000);

@@ -86,7 +86,21 @@ export class AuthTransport implements Transport {
     const second = await this.#authorize(req, host, true);
     const res2 = await this.#next.roundTrip(second);
     if (res2.status === 401 || (res2.status === 403 && this.#hosts.get(host)?.scheme)) {
+      const denied = parseChallenges(res2.headers.get("www-authenticate") ?? "")
+        .find((c) => c.params.error === "insufficient_scope");
       const body = await res2.text().catch(() => "");
+      if (denied) {
+        const scope = denied.params.scope ?? (req.scopes ?? []).join(" ");
+        throw new AuthError(
+          `Registry "${host}" denied access "${scope}" for ${req.method} ${url.pathname}`,
+          {
+            status: res2.status,
+            ociCodes: ociCodes(body),
+            hint:
+              "the credentials are valid but the account lacks this access; use an account that has it, or ask the registry's admin",
+          },
+        );
+      }
       throw new AuthError(
         `Registry "${host}" refused the credentials (HTTP ${res2.status}) for ${req.method} ${url.pathname}`,
         {
@@ -156,9 +170,7 @@ export class AuthTransport implements Transport {
     if (state.service) realm.searchParams.set("service", state.service);
     for (const s of scopes) realm.searchParams.append("scope", s);
     const cred = await this.#credentials(host);
-    const headers: Record<string, string> = {};
-    if (cred?.username) headers["Authorization"] = basicAuth(cred.username, cred.password ?? "");
-    const res = await this.#next.roundTrip({ method: "GET", url: realm, headers, signal });
+    const res = await this.#next.roundTrip(tokenRequest(realm, scopes, { cred, state, signal }));
     const text = await res.text();
     if (!res.ok) {
       throw new AuthError(
@@ -188,6 +200,40 @@ export class AuthTransport implements Transport {
     this.#tokens.set(tokenKey(host, scopes), entry);
     return entry;
   }
+}
+
+/**
+ * The token request: an OAuth2 refresh-token POST when the credential is an
+ * identity token (as a credential helper's `<token>` user gives), else a GET
+ * with basic auth, or anonymous.
+ */
+function tokenRequest(
+  realm: URL,
+  scopes: string[],
+  ctx: { cred?: Credential; state: HostAuth; signal?: AbortSignal },
+): HttpRequest {
+  const { cred, state, signal } = ctx;
+  if (cred?.identityToken && !cred.username) {
+    const form = new URLSearchParams({
+      grant_type: "refresh_token",
+      refresh_token: cred.identityToken,
+      client_id: "ovm",
+    });
+    if (state.service) form.set("service", state.service);
+    if (scopes.length) form.set("scope", scopes.join(" "));
+    const url = new URL(realm);
+    url.search = "";
+    return {
+      method: "POST",
+      url,
+      headers: { "Content-Type": "application/x-www-form-urlencoded" },
+      body: new TextEncoder().encode(form.toString()),
+      signal,
+    };
+  }
+  const headers: Record<string, string> = {};
+  if (cred?.username) headers["Authorization"] = basicAuth(cred.username, cred.password ?? "");
+  return { method: "GET", url: realm, headers, signal };
 }
 
 function tokenKey(host: string, scopes: string[]): string {

@@ -8,6 +8,7 @@
 import { RegistryError } from "../../errors.ts";
 import { isLoopbackRegistry } from "../reference.ts";
 import { isTlsError, NetworkError, responseError } from "./errors.ts";
+import { tlsAdvice } from "./tls.ts";
 import type { HttpRequest, Transport } from "./transport.ts";
 
 export interface ClientOptions {
@@ -71,18 +72,28 @@ export class RepositoryClient {
   #unreachable(e: TypeError): NetworkError {
     const tls = isTlsError(e);
     const detail = e.cause instanceof Error ? e.cause.message : e.message;
+    if (tls && this.#scheme === "https") {
+      const { reason, hint } = tlsAdvice(this.registry, detail);
+      return new NetworkError(
+        `Cannot reach registry "${this.registry}": ${reason} (${detail})`,
+        { cause: e, tls, hint },
+      );
+    }
     return new NetworkError(`Cannot reach registry "${this.registry}": ${detail}`, {
       cause: e,
       tls,
-      hint: tls && this.#scheme === "https"
-        ? "the registry may speak plain HTTP: pass --plain-http (or --insecure)"
-        : "check the registry address and that it is running",
+      hint: "check the registry address and that it is running",
     });
   }
 
   /** Throws the domain error for an error response; consumes the body. */
   async fail(res: Response, what: string): Promise<never> {
-    throw await responseError(res, { registry: this.registry, repository: this.name, what });
+    throw await responseError(res, {
+      registry: this.registry,
+      repository: this.name,
+      what,
+      plainHttp: this.#scheme === "http",
+    });
   }
 
   /** An upload session's `Location`, resolved against the registry. */

@@ -56,12 +56,22 @@ export function isTlsError(e: unknown): boolean {
  */
 export async function responseError(
   res: Response,
-  where: { registry: string; repository: string; what: string },
+  where: { registry: string; repository: string; what: string; plainHttp?: boolean },
 ): Promise<NotFoundError | RegistryError> {
   const body = await readBounded(res, 64 << 10).then((b) => new TextDecoder().decode(b))
     .catch(() => "");
   const codes = ociCodes(body);
   const { registry, repository, what } = where;
+  // Go's net/http answers plain HTTP on a TLS port with this 400 (no body to a HEAD).
+  const httpToHttps = /HTTP request to an HTTPS server/i.test(body) ||
+    (body === "" && where.plainHttp === true);
+  if (res.status === 400 && httpToHttps) {
+    return new RegistryError(`Registry "${registry}" speaks HTTPS, but was spoken to in HTTP`, {
+      status: 400,
+      hint:
+        `drop --plain-http; a loopback registry is spoken to over HTTPS when --ca-file is given or certs.d/${registry}/ exists (for its private CA)`,
+    });
+  }
   const cause = new RegistryError(
     `Registry "${registry}" answered HTTP ${res.status} for ${what}${
       codes.length ? ` (${codes.join(", ")})` : ""

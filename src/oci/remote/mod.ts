@@ -16,5 +16,6 @@ export * from "./stack.ts";
 export * from "./retry.ts";
 export * from "./streams.ts";
 export * from "./tags.ts";
+export * from "./tls.ts";
 export * from "./transport.ts";
 export * from "./uploads.ts";

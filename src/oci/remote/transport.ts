@@ -8,6 +8,7 @@
  */
 import { RegistryError } from "../../errors.ts";
 import { USER_AGENT } from "../../version.ts";
+import type { TlsTrust } from "./tls.ts";
 
 /** A request the transport may have to send more than once (retry, auth, redirect). */
 export interface HttpRequest {
@@ -28,14 +29,37 @@ export interface Transport {
 
 const MAX_REDIRECTS = 5;
 
-/** Plain fetch with `User-Agent`, and redirects that drop credentials across hosts. */
+/**
+ * Plain fetch with `User-Agent`, redirects that drop credentials across
+ * hosts, and the extra CA and client certificates `tls` finds for a host.
+ */
 export class HttpTransport implements Transport {
   #userAgent: string;
   #fetch: typeof fetch;
+  #tls?: TlsTrust;
 
-  constructor(options: { userAgent?: string; fetch?: typeof fetch } = {}) {
+  constructor(options: { userAgent?: string; fetch?: typeof fetch; tls?: TlsTrust } = {}) {
     this.#userAgent = options.userAgent ?? USER_AGENT;
     this.#fetch = options.fetch ?? fetch;
+    this.#tls = options.tls;
+  }
+
+  /**
+   * One fetch, through an HTTP client that trusts the host's extra CAs when
+   * it has any. The client is closed once the answer's headers are in (the
+   * body goes on streaming), so none outlives its request.
+   */
+  async #send(url: URL, init: RequestInit): Promise<Response> {
+    const extra = url.protocol === "https:" ? await this.#tls?.forHost(url.host) : undefined;
+    if (!extra) return await this.#fetch(url, init);
+    const client = extra.cert && extra.key
+      ? Deno.createHttpClient({ caCerts: extra.caCerts, cert: extra.cert, key: extra.key })
+      : Deno.createHttpClient({ caCerts: extra.caCerts });
+    try {
+      return await this.#fetch(url, { ...init, client } as RequestInit);
+    } finally {
+      client.close();
+    }
   }
 
   async roundTrip(req: HttpRequest): Promise<Response> {
@@ -50,7 +74,7 @@ export class HttpTransport implements Transport {
       if (body !== undefined) {
         init.body = body instanceof Uint8Array ? (body as Uint8Array<ArrayBuffer>) : await body();
       }
-      const res = await this.#fetch(url, init);
+      const res = await this.#send(url, init);
       if (![301, 302, 303, 307, 308].includes(res.status)) return res;
       const location = res.headers.get("location");
       if (!location) return res;
