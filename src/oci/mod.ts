@@ -6,8 +6,8 @@
  * {@linkcode copyBetween}, {@linkcode listReferrers}) are what other verbs
  * (convert, snapshot --push, sign) call.
  */
-import { ValidationError } from "../errors.ts";
-import type { Descriptor, Digest } from "../manifest/mod.ts";
+import { NotFoundError, ValidationError } from "../errors.ts";
+import { type Descriptor, type Digest, parseJsonBytes } from "../manifest/mod.ts";
 import { artifactFromDocuments, type ContentStore, loadArtifact } from "../store/mod.ts";
 import {
   copy,
@@ -127,7 +127,9 @@ export async function pullToStore(
           if (!(e instanceof ValidationError)) throw e;
           throw new ValidationError(`"${ref}" is not a valid OVMS artifact: ${e.message}`, {
             cause: e,
-            hint: "to fetch any OCI image (e.g. for `ovm convert`) use `ovm pull --any`",
+            hint: e.hint?.startsWith("push the OVMS manifest")
+              ? e.hint
+              : "to fetch any OCI image (e.g. for `ovm convert`) use `ovm pull --any`",
           });
         }
       },
@@ -219,4 +221,61 @@ export async function listReferrers(
     artifactType: options.artifactType,
   });
   return { subject, referrers };
+}
+
+/** What {@linkcode copyReferrersBetween} does with one referrer manifest. */
+export type ReferrerFilter = (manifest: {
+  artifactType?: string;
+  config?: { mediaType?: string };
+  annotations?: Record<string, string>;
+}) => boolean;
+
+/**
+ * Copies the referrers of `subject` (and theirs, to `maxDepth` levels) from
+ * the repository of `src` to that of `dst`, byte for byte, each into the
+ * destination's referrers index (API or `sha256-<hex>` tag), as
+ * `oras copy -r` does. `accept` picks which to copy (default: all). Returns
+ * the descriptors copied.
+ */
+export async function copyReferrersBetween(
+  src: string,
+  dst: string,
+  subject: Digest,
+  options: RemoteOptions & { accept?: ReferrerFilter; maxDepth?: number } = {},
+): Promise<Descriptor[]> {
+  const from = openRepository(parseRemoteReference(src), options);
+  const to = openRepository(parseRemoteReference(dst), options);
+  const accept = options.accept ?? (() => true);
+  const maxDepth = options.maxDepth ?? 3;
+  const copied: Descriptor[] = [];
+  const seen = new Set<string>();
+  const walk = async (digest: Digest, depth: number): Promise<void> => {
+    if (depth > maxDepth) return;
+    for (const d of await from.referrers(digest, { signal: options.signal })) {
+      if (seen.has(d.digest)) continue;
+      seen.add(d.digest);
+      let m;
+      try {
+        m = await from.fetchManifest(d.digest, { signal: options.signal });
+      } catch (e) {
+        // A tag-schema index may name a referrer since deleted.
+        if (e instanceof NotFoundError) continue;
+        throw e;
+      }
+      const doc = parseJsonBytes(m.bytes, { source: `referrer ${d.digest}` }) as Parameters<
+        ReferrerFilter
+      >[0];
+      if (!accept(doc)) continue;
+      await copy(new RemoteSource(from), new RemoteTarget(to), {
+        srcRef: d.digest,
+        signal: options.signal,
+        concurrency: options.concurrency,
+        onEvent: options.onEvent,
+      });
+      copied.push(m.descriptor);
+      await walk(d.digest as Digest, depth + 1);
+    }
+  };
+  await walk(subject, 1);
+  return copied;
 }

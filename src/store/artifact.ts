@@ -127,9 +127,17 @@ export function artifactFromDocuments(
   const source = `manifest ${descriptor.digest}`;
   const oci = validate(ImageManifestSchema, parseJsonBytes(ociBytes, { source }), source);
   if (oci.config.mediaType !== MediaTypes.manifest) {
+    // `oras push FILE:application/vnd.ovms.manifest.v1+json` makes the manifest a layer.
+    const asLayer = oci.layers.some((l) => l.mediaType === MediaTypes.manifest);
     throw new ValidationError(
-      `${source} is not an OVMS artifact: its config media type is "${oci.config.mediaType}", expected "${MediaTypes.manifest}"`,
-      { hint: "container images become VMs with `ovm convert`" },
+      `${source} is not an OVMS artifact: its config media type is "${oci.config.mediaType}", expected "${MediaTypes.manifest}"${
+        asLayer ? " (the OVMS manifest is carried as a layer, not as the config)" : ""
+      }`,
+      {
+        hint: asLayer
+          ? `push the OVMS manifest as the config: oras push --config manifest.json:${MediaTypes.manifest} ...`
+          : "container images become VMs with `ovm convert`",
+      },
     );
   }
   const manifest = manifestFromValue(
