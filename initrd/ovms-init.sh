@@ -41,7 +41,7 @@ fail() {
 
 # --- kernel command line -------------------------------------------------
 P_ROOT=/dev/vda P_ROOTFS=ext4 P_ROOTMODE=rw P_OVERLAY= P_MODE=exec
-P_CONFIG= P_HOSTNAME= P_NET=none
+P_CONFIG= P_HOSTNAME= P_NET=none P_STDIO=console
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     ovms.root=*) P_ROOT=${arg#*=} ;;
@@ -52,6 +52,7 @@ for arg in $(cat /proc/cmdline); do
     ovms.config=*) P_CONFIG=${arg#*=} ;;
     ovms.hostname=*) P_HOSTNAME=${arg#*=} ;;
     ovms.net=*) P_NET=${arg#*=} ;;
+    ovms.stdio=*) P_STDIO=${arg#*=} ;;
   esac
 done
 [ -n "$P_OVERLAY" ] || { [ "$P_ROOTMODE" = ro ] && P_OVERLAY=tmpfs || P_OVERLAY=none; }
@@ -263,8 +264,22 @@ forward() {
   [ -n "$child" ] && kill "-$STOPSIG" "$child" 2>/dev/null
 }
 trap forward TERM INT
-"$@" &
-child=$!
+# ovms.stdio=tagged: every line the workload writes reaches the console as
+# "@o|line" (stdout) or "@e|line" (stderr), so a host (the containerd shim)
+# tells them apart from each other and from kernel and init messages.
+tag_out= tag_err=
+if [ "$P_STDIO" = tagged ]; then
+  mkfifo /run/ovms/stdout /run/ovms/stderr || fail 125 "cannot create the stdio fifos"
+  awk '{ printf "@o|%s\n", $0; fflush() }' </run/ovms/stdout &
+  tag_out=$!
+  awk '{ printf "@e|%s\n", $0; fflush() }' </run/ovms/stderr &
+  tag_err=$!
+  "$@" >/run/ovms/stdout 2>/run/ovms/stderr &
+  child=$!
+else
+  "$@" &
+  child=$!
+fi
 # wait returns early when a trapped signal arrives; loop until the child is gone.
 # Orphans re-parented to us are reaped by the shell's waitpid while it waits.
 while :; do
@@ -273,4 +288,16 @@ while :; do
   kill -0 "$child" 2>/dev/null || break
 done
 trap - TERM INT
+# Let the taggers drain what the workload wrote (a daemon it left holding the
+# fifos must not keep the VM up: give up after 5 s).
+if [ -n "$tag_out" ]; then
+  i=0
+  while [ $i -lt 50 ]; do
+    s1=$(cut -d' ' -f3 "/proc/$tag_out/stat" 2>/dev/null)
+    s2=$(cut -d' ' -f3 "/proc/$tag_err/stat" 2>/dev/null)
+    [ "${s1:-Z}" = Z ] && [ "${s2:-Z}" = Z ] && break
+    i=$((i + 1))
+    sleep 0.1
+  done
+fi
 finish "$rc"

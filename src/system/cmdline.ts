@@ -25,6 +25,8 @@ export interface InitCmdlineOptions {
   net?: { address: string; gateway?: string; dns?: string } | "dhcp" | "none";
   /** Default `ttyS0`. */
   console?: string;
+  /** `tagged`: the workload's stdout/stderr lines reach the console as `@o|`/`@e|` lines. */
+  stdio?: "console" | "tagged";
 }
 
 const DEVICE_RE = /^\/dev\/[A-Za-z0-9._\/-]+$/;
@@ -79,5 +81,6 @@ export function initCmdline(opts: InitCmdlineOptions = {}): string {
     parts.push(net.dns !== undefined ? check(IP_RE, net.dns, "DNS server", hint) : "");
     p.push(`ovms.net=${parts.join(",").replace(/,+$/, "")}`);
   }
+  if (opts.stdio === "tagged") p.push("ovms.stdio=tagged");
   return p.join(" ");
 }
