@@ -17,6 +17,7 @@ PACKAGES=(
   dosfstools mtools attr zstd  # convert: vfat cidata seed, xattrs, zstd layers
   iproute2 nftables            # bridge networking: bridges, TAPs, NAT and port DNAT
   curl iperf3                  # networking tests and the bridge-vs-user throughput bench
+  containerd runc              # the shim tests run a real containerd 1.6 (ctr); runc is the bench peer
 )
 
 missing=()

@@ -31,6 +31,7 @@ import { policyCommand } from "./policy.ts";
 import { serveCommand } from "./serve.ts";
 import { conformanceCommand } from "./conformance.ts";
 import { runtimesCommand } from "./runtimes.ts";
+import { shimCommand } from "./shim.ts";
 
 export const COMMANDS: Command[] = [
   packCommand,
@@ -53,6 +54,7 @@ export const COMMANDS: Command[] = [
   serveCommand,
   conformanceCommand,
   runtimesCommand,
+  shimCommand,
   keygenCommand,
   signCommand,
   verifyCommand,

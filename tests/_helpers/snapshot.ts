@@ -31,16 +31,14 @@ export interface CounterHome extends AsyncDisposable {
   store: ContentStore;
 }
 
-/** A temp home with the counter artifact; dispose kills its VMs and removes it and its templates. */
-export async function counterHome(): Promise<CounterHome> {
-  const home = await Deno.makeTempDir({ prefix: "ovm-snap-test-" });
+/** Packs the counter artifact as {@linkcode COUNTER_TAG} into `store` (any home); returns its ref. */
+export async function packCounter(store: ContentStore): Promise<string> {
   const work = await Deno.makeTempDir({ prefix: "ovm-snap-build-" });
   try {
-    const system = await ensureSystem(home, { cacheDir: TEST_CACHE });
+    const system = await ensureSystem(store.paths.home, { cacheDir: TEST_CACHE });
     const disks = await buildDemoDisks(work, { diffFiles: { "count.sh": COUNTER_SCRIPT } });
     const bootstrap = join(work, "bootstrap.json");
     await Deno.writeTextFile(bootstrap, JSON.stringify({ cmd: ["/count.sh"] }));
-    const store = await ContentStore.open(home);
     const res = await pack(store, {
       kernel: system.kernel.path,
       initrd: system.initrd.path,
@@ -51,9 +49,21 @@ export async function counterHome(): Promise<CounterHome> {
       tag: COUNTER_TAG,
       preferredRuntime: ["qemu"],
     });
+    return res.ref;
+  } finally {
+    await Deno.remove(work, { recursive: true }).catch(() => {});
+  }
+}
+
+/** A temp home with the counter artifact; dispose kills its VMs and removes it and its templates. */
+export async function counterHome(): Promise<CounterHome> {
+  const home = await Deno.makeTempDir({ prefix: "ovm-snap-test-" });
+  try {
+    const store = await ContentStore.open(home);
+    const ref = await packCounter(store);
     return {
       home,
-      ref: res.ref,
+      ref,
       store,
       async [Symbol.asyncDispose]() {
         await killAll(home);
@@ -64,8 +74,6 @@ export async function counterHome(): Promise<CounterHome> {
   } catch (e) {
     await Deno.remove(home, { recursive: true }).catch(() => {});
     throw e;
-  } finally {
-    await Deno.remove(work, { recursive: true }).catch(() => {});
   }
 }
 

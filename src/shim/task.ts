@@ -1,0 +1,370 @@
+/**
+ * @module
+ * One containerd task = one ovm VM (spec §13.2). `create` mounts the root
+ * filesystem, reads the OCI spec and builds (or names) the artifact; `start`
+ * boots it through the runtime's public surface (`startInstance`) and routes
+ * the workload's tagged console lines to containerd's stdout/stderr FIFOs;
+ * the VM's end becomes the task's exit status (the workload's code from
+ * `OVMS-EXIT`, else 128 + the signal that stopped it, else 255). `kill`
+ * SIGKILL kills the VMM, any other signal asks the guest to stop (ovms-init
+ * forwards the image's stop signal to the workload) and forces it after the
+ * grace period.
+ */
+import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
+import {
+  followConsole,
+  getInstance,
+  instancePaths,
+  removeInstance,
+  type StartedInstance,
+  startInstance,
+  stopInstance,
+  waitInstance,
+} from "../runtime/mod.ts";
+import { type ContentStore, loadArtifact } from "../store/mod.ts";
+import { ARTIFACT_ANNOTATION, readBundle } from "./bundle.ts";
+import {
+  buildTaskArtifact,
+  copyFilesIn,
+  type Mount,
+  mountRootfs,
+  unmountRootfs,
+} from "./rootfs.ts";
+import { taskArtifactRef, taskInstanceId } from "./paths.ts";
+
+export type TaskStatus = "created" | "running" | "paused" | "stopped";
+
+export interface TaskIo {
+  stdin: string;
+  stdout: string;
+  stderr: string;
+  terminal: boolean;
+}
+
+export interface CreateInput {
+  id: string;
+  namespace: string;
+  bundle: string;
+  rootfs: Mount[];
+  io: TaskIo;
+}
+
+export interface TaskOptions {
+  /** Grace period for a non-KILL signal before the VM is forced off. Default 10 s. */
+  stopTimeoutMs?: number;
+  /** Boot watchdog passed to the runtime. Default 120 s (TCG is slow). */
+  bootTimeoutMs?: number;
+  cacheDir?: string;
+  log?: (msg: string) => void;
+  trace?: (step: string, ms: number) => void;
+}
+
+const SIGNUM: Record<number, string> = { 1: "SIGHUP", 2: "SIGINT", 9: "SIGKILL", 15: "SIGTERM" };
+
+/** Splits the console stream into the workload's stdout and stderr lines (`@o|`, `@e|`). */
+export class TaggedLineRouter {
+  #rest = "";
+  readonly #decoder = new TextDecoder();
+  readonly #out: (line: string) => void;
+  readonly #err: (line: string) => void;
+  constructor(out: (line: string) => void, err: (line: string) => void) {
+    this.#out = out;
+    this.#err = err;
+  }
+  push(chunk: Uint8Array): void {
+    const text = this.#rest + this.#decoder.decode(chunk, { stream: true });
+    const lines = text.split("\n");
+    this.#rest = lines.pop()!;
+    for (const l of lines) this.#line(l);
+  }
+  flush(): void {
+    if (this.#rest) this.#line(this.#rest);
+    this.#rest = "";
+  }
+  #line(raw: string): void {
+    const l = raw.replace(/\r+$/, "");
+    // The tag may follow other console bytes on the same line (a kernel message without a newline).
+    const i = Math.max(l.lastIndexOf("@o|"), l.lastIndexOf("@e|"));
+    if (i < 0) return;
+    const text = l.slice(i + 3) + "\n";
+    if (l[i + 1] === "o") this.#out(text);
+    else this.#err(text);
+  }
+}
+
+/** The whole console as the task's stdout (an OVMS artifact's VM). */
+export class RawConsole {
+  readonly #decoder = new TextDecoder();
+  readonly #out: (s: string) => void;
+  constructor(out: (s: string) => void) {
+    this.#out = out;
+  }
+  push(chunk: Uint8Array): void {
+    const s = this.#decoder.decode(chunk, { stream: true }).replaceAll("\r\n", "\n");
+    if (s) this.#out(s);
+  }
+  flush(): void {}
+}
+
+/** A FIFO (or file) containerd passed for the workload's stdout or stderr. */
+class StdioSink {
+  #file?: Deno.FsFile;
+  #tail: Promise<void> = Promise.resolve();
+  readonly #enc = new TextEncoder();
+  constructor(readonly path: string) {}
+  async open(): Promise<void> {
+    if (!this.path) return;
+    if (this.path.startsWith("file://")) {
+      // `ctr run --log-uri file:///path`: the shim writes the log file itself.
+      this.#file = await Deno.open(this.path.slice(7), { append: true, create: true });
+      return;
+    }
+    if (/^[a-z0-9+-]+:\/\//.test(this.path) && !this.path.startsWith("fifo://")) {
+      throw new ValidationError(`Unsupported stdio URI "${this.path}"`, {
+        hint: "the ovm shim writes FIFOs and file:// logs",
+      });
+    }
+    // O_RDWR: opening a FIFO never blocks, and a reader that goes away (ctr run -d)
+    // costs no EPIPE.
+    this.#file = await Deno.open(this.path.replace(/^fifo:\/\//, ""), { read: true, write: true });
+  }
+  write(s: string): void {
+    const f = this.#file;
+    if (!f) return;
+    const bytes = this.#enc.encode(s);
+    this.#tail = this.#tail.then(async () => {
+      let off = 0;
+      while (off < bytes.byteLength) off += await f.write(bytes.subarray(off));
+    }).catch(() => {});
+  }
+  async close(): Promise<void> {
+    await this.#tail;
+    try {
+      this.#file?.close();
+    } catch { /* closed */ }
+    this.#file = undefined;
+  }
+}
+
+export class VmTask {
+  readonly id: string;
+  readonly namespace: string;
+  readonly bundle: string;
+  readonly io: TaskIo;
+  readonly instanceId: string;
+  readonly ref: string;
+  status: TaskStatus = "created";
+  pid = 0;
+  exitStatus = 0;
+  exitedAt?: Date;
+  readonly exited: Promise<void>;
+  #resolveExit!: () => void;
+  readonly #store: ContentStore;
+  readonly #o: TaskOptions;
+  #started?: StartedInstance;
+  #killSignal?: number;
+  #memoryBytes?: number;
+  #cpus?: number;
+  #artifact?: string;
+  #onExit?: (t: VmTask) => void;
+
+  private constructor(store: ContentStore, input: CreateInput, options: TaskOptions) {
+    this.#store = store;
+    this.#o = options;
+    this.id = input.id;
+    this.namespace = input.namespace;
+    this.bundle = input.bundle;
+    this.io = input.io;
+    this.instanceId = taskInstanceId(input.namespace, input.id);
+    this.ref = taskArtifactRef(input.namespace, input.id);
+    this.exited = new Promise((r) => (this.#resolveExit = r));
+  }
+
+  /** Reads the bundle and prepares the VM's artifact; nothing runs yet. */
+  static async create(
+    store: ContentStore,
+    input: CreateInput,
+    options: TaskOptions = {},
+  ): Promise<VmTask> {
+    const task = new VmTask(store, input, options);
+    // containerd's ids are unique per namespace: an instance by this name is a leftover.
+    await removeInstance(store.paths.home, task.instanceId, { force: true }).catch(() => {});
+    const plan = await readBundle(input.bundle);
+    task.#memoryBytes = plan.memoryBytes;
+    task.#cpus = plan.cpus;
+    if (plan.artifact) {
+      // The container names an OVMS artifact: the image's rootfs is not used.
+      let artifact;
+      try {
+        artifact = await loadArtifact(store, plan.artifact);
+      } catch (e) {
+        throw new NotFoundError(
+          `The artifact "${plan.artifact}" (annotation ${ARTIFACT_ANNOTATION}) is not in the shim's store "${store.paths.home}"`,
+          { cause: e, hint: `pull it on this node first: ovm pull --home ${store.paths.home} REF` },
+        );
+      }
+      task.#artifact = plan.artifact;
+      // A RAM snapshot restores with the size it was taken at.
+      if (artifact.manifest.ramSnapshot) task.#memoryBytes = task.#cpus = undefined;
+      return task;
+    }
+    const root = await mountRootfs(input.bundle, input.rootfs);
+    try {
+      await copyFilesIn(root, plan);
+      await buildTaskArtifact(store, { root, plan, ref: task.ref }, {
+        seed: `${input.namespace}/${input.id}`,
+        cacheDir: options.cacheDir,
+        trace: options.trace,
+      });
+    } catch (e) {
+      await unmountRootfs(input.bundle);
+      throw e;
+    }
+    // The VM reads its own disk; the host mount is not needed while it runs.
+    await unmountRootfs(input.bundle);
+    return task;
+  }
+
+  /** Called once when the task exits (the shim publishes the exit event). */
+  onExit(fn: (t: VmTask) => void): void {
+    this.#onExit = fn;
+  }
+
+  async start(): Promise<number> {
+    if (this.status !== "created") {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}, not created`);
+    }
+    const home = this.#store.paths.home;
+    const out = new StdioSink(this.io.stdout);
+    const err = new StdioSink(this.io.stderr);
+    await out.open();
+    await err.open();
+    let started: StartedInstance;
+    try {
+      started = await startInstance(this.#store, this.#artifact ?? this.ref, {
+        name: this.instanceId,
+        memoryBytes: this.#memoryBytes,
+        cpus: this.#cpus,
+        net: "none",
+        detach: true,
+        bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
+        trace: this.#o.trace,
+      });
+    } catch (e) {
+      await out.close();
+      await err.close();
+      throw e;
+    }
+    this.#started = started;
+    this.pid = started.vm.handle.pid;
+    this.status = "running";
+    let ended = false;
+    // A task built from an image tags its workload's lines; an OVMS artifact is a whole
+    // VM whose serial console is its output.
+    const router = this.#artifact
+      ? new RawConsole((s) => out.write(s))
+      : new TaggedLineRouter((l) => out.write(l), (l) => err.write(l));
+    const pump = followConsole(
+      instancePaths(home, this.instanceId).consoleLog,
+      (c) => router.push(c),
+      { until: () => ended },
+    );
+    (async () => {
+      let code = 255;
+      try {
+        const final = await waitInstance(home, started);
+        code = final.exitCode ??
+          (this.#killSignal ? 128 + this.#killSignal : final.state === "stopped" ? 0 : 255);
+      } catch (e) {
+        this.#o.log?.(`waiting for the VM failed: ${e}`);
+      }
+      ended = true;
+      await pump.catch(() => {});
+      router.flush();
+      await out.close();
+      await err.close();
+      this.#markExited(code);
+    })();
+    return this.pid;
+  }
+
+  #markExited(code: number): void {
+    if (this.status === "stopped") return;
+    this.status = "stopped";
+    this.exitStatus = code;
+    this.exitedAt = new Date();
+    this.#resolveExit();
+    this.#onExit?.(this);
+  }
+
+  kill(signal: number): void {
+    if (this.status === "stopped") {
+      throw new NotFoundError(`Task "${this.id}" is not running: process already finished`);
+    }
+    this.#killSignal = signal;
+    if (this.status === "created") {
+      this.#markExited(128 + signal);
+      return;
+    }
+    const home = this.#store.paths.home;
+    const reason = `killed by containerd (${SIGNUM[signal] ?? `signal ${signal}`})`;
+    // Kill returns at once, like runc; the exit arrives through Wait and the exit event.
+    stopInstance(home, this.instanceId, {
+      force: signal === 9,
+      timeoutMs: this.#o.stopTimeoutMs ?? 10_000,
+      reason,
+    }).catch((e) => this.#o.log?.(`stopping the VM failed: ${e}`));
+  }
+
+  async pause(): Promise<void> {
+    if (this.status !== "running" || !this.#started) {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}; only a running task pauses`);
+    }
+    await this.#started.adapter.pause(this.#started.vm.handle);
+    this.status = "paused";
+  }
+
+  async resume(): Promise<void> {
+    if (this.status !== "paused" || !this.#started) {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}, not paused`);
+    }
+    await this.#started.adapter.resume(this.#started.vm.handle);
+    this.status = "running";
+  }
+
+  /** Removes the VM, its instance files and the task's artifact ref; the task must have exited. */
+  async delete(): Promise<void> {
+    if (this.status === "running" || this.status === "paused") {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}`, {
+        hint: "kill it first ('ctr task kill')",
+      });
+    }
+    await cleanupTask(this.#store, this.namespace, this.id, this.bundle);
+  }
+}
+
+/**
+ * Everything a task leaves: its VM (killed if it still runs), the instance
+ * directory, the artifact ref and the rootfs mount. Idempotent; the shim's
+ * `delete` subcommand runs it when the serving shim is gone.
+ */
+export async function cleanupTask(
+  store: ContentStore,
+  namespace: string,
+  id: string,
+  bundle: string,
+): Promise<{ exitCode?: number }> {
+  const home = store.paths.home;
+  const instanceId = taskInstanceId(namespace, id);
+  let exitCode: number | undefined;
+  try {
+    const state = await getInstance(home, instanceId);
+    exitCode = state.exitCode;
+    await removeInstance(home, instanceId, { force: true });
+  } catch (e) {
+    if (!(e instanceof NotFoundError)) throw e;
+  }
+  await store.untag(taskArtifactRef(namespace, id)).catch(() => false);
+  await unmountRootfs(bundle);
+  return { exitCode };
+}

@@ -1,0 +1,195 @@
+/**
+ * @module
+ * A real containerd 1.6 for the shim tests, with its own root, state, config
+ * and sockets under a temp dir (never the host's containerd), the
+ * `containerd-shim-ovm-v2` launcher on its PATH, and an ovm home with the
+ * system kernel and initrd. Disposal stops containerd, kills what it left
+ * (shims whose cwd is one of our bundles, QEMUs of our home — by pid),
+ * unmounts what is mounted under the temp dir, and removes it.
+ */
+import { join } from "node:path";
+import { installLauncher } from "../../src/shim/mod.ts";
+import { ensureSystem } from "../../src/system/mod.ts";
+import { buildTestImage, sh } from "./convert.ts";
+import { killAll, waitFor } from "./runtime.ts";
+import { TEST_CACHE } from "./vm.ts";
+
+export const TEST_IMAGE = "docker.io/library/ovmtest:1.0";
+
+export interface CtrResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export class TestContainerd implements AsyncDisposable {
+  readonly dir: string;
+  readonly home: string;
+  readonly socket: string;
+  readonly config: string;
+  readonly bin: string;
+  #proc?: Deno.ChildProcess;
+
+  private constructor(dir: string) {
+    this.dir = dir;
+    this.home = join(dir, "home");
+    this.socket = join(dir, "c.sock");
+    this.config = join(dir, "config.toml");
+    this.bin = join(dir, "bin");
+  }
+
+  /** Starts containerd with the ovm shim installed and the test image imported. */
+  static async start(options: { cri?: string } = {}): Promise<TestContainerd> {
+    // Short: shim sockets live at <state>/s/<32 hex> and must fit in sun_path.
+    const dir = await Deno.makeTempDir({ prefix: "ovm-ctd-" });
+    const c = new TestContainerd(dir);
+    try {
+      await ensureSystem(c.home, { cacheDir: TEST_CACHE });
+      await installLauncher(c.bin, { home: c.home });
+      const disabled = [
+        ...(options.cri === undefined ? ["io.containerd.grpc.v1.cri"] : []),
+        "io.containerd.snapshotter.v1.btrfs",
+        "io.containerd.snapshotter.v1.zfs",
+        "io.containerd.snapshotter.v1.devmapper",
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.tracing.processor.v1.otlp",
+        "io.containerd.internal.v1.tracing",
+      ];
+      await Deno.writeTextFile(
+        c.config,
+        [
+          "version = 2",
+          `root = "${dir}/root"`,
+          `state = "${dir}/state"`,
+          `disabled_plugins = ${JSON.stringify(disabled)}`,
+          "[grpc]",
+          `  address = "${c.socket}"`,
+          "[ttrpc]",
+          `  address = "${c.socket}.ttrpc"`,
+          "[debug]",
+          '  level = "debug"',
+          "[metrics]",
+          '  address = ""',
+          '[plugins."io.containerd.internal.v1.opt"]',
+          `  path = "${dir}/opt"`,
+          options.cri ?? "",
+          "",
+        ].join("\n"),
+      );
+      await c.startDaemon();
+      const layout = join(dir, "image");
+      await buildTestImage(layout);
+      await sh("tar", ["-C", layout, "-cf", `${layout}.tar`, "."]);
+      await c.ctrOk("image", "import", "--base-name", "docker.io/library/ovmtest", `${layout}.tar`);
+      return c;
+    } catch (e) {
+      await c[Symbol.asyncDispose]();
+      throw e;
+    }
+  }
+
+  async startDaemon(): Promise<void> {
+    const log = await Deno.open(join(this.dir, "containerd.log"), {
+      append: true,
+      create: true,
+    });
+    this.#proc = new Deno.Command("containerd", {
+      args: ["--config", this.config],
+      env: { PATH: `${this.bin}:${Deno.env.get("PATH")}`, OVM_HOME: this.home },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    // containerd logs to stderr; keep it for failure messages.
+    (async () => {
+      for await (const chunk of this.#proc!.stderr) await log.write(chunk);
+      log.close();
+    })().catch(() => {});
+    await waitFor(async () => (await this.ctr("version")).code === 0 ? true : undefined, {
+      timeoutMs: 30_000,
+      what: "containerd to answer",
+    });
+  }
+
+  /** Stops containerd (SIGTERM); its shims keep running. */
+  async stopDaemon(): Promise<void> {
+    const p = this.#proc;
+    if (!p) return;
+    this.#proc = undefined;
+    try {
+      p.kill("SIGTERM");
+    } catch { /* gone */ }
+    const t = setTimeout(() => {
+      try {
+        p.kill("SIGKILL");
+      } catch { /* gone */ }
+    }, 10_000);
+    await p.status;
+    clearTimeout(t);
+  }
+
+  async ctr(...args: string[]): Promise<CtrResult> {
+    const out = await new Deno.Command("ctr", {
+      args: ["--address", this.socket, ...args],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      signal: AbortSignal.timeout(240_000),
+    }).output();
+    const dec = new TextDecoder();
+    return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  }
+
+  async ctrOk(...args: string[]): Promise<CtrResult> {
+    const r = await this.ctr(...args);
+    if (r.code !== 0) {
+      throw new Error(
+        `ctr ${args.join(" ")} failed (${r.code}): ${r.stderr}\n${await this.logTail()}`,
+      );
+    }
+    return r;
+  }
+
+  /** The task's status column in `ctr task ls`, or undefined when it is not listed. */
+  async taskStatus(id: string): Promise<string | undefined> {
+    const r = await this.ctrOk("task", "ls");
+    const row = r.stdout.split("\n").map((l) => l.trim().split(/\s+/)).find((c) => c[0] === id);
+    return row?.[2];
+  }
+
+  /** Pids of shims serving tasks of this containerd (their cwd is a bundle under our state dir). */
+  async shimPids(id?: string): Promise<number[]> {
+    const bundles = join(this.dir, "state", "io.containerd.runtime.v2.task");
+    const out: number[] = [];
+    for await (const e of Deno.readDir("/proc")) {
+      if (!/^\d+$/.test(e.name)) continue;
+      const cwd = await Deno.readLink(`/proc/${e.name}/cwd`).catch(() => "");
+      if (!cwd.startsWith(bundles + "/")) continue;
+      if (id !== undefined && !cwd.endsWith(`/${id}`)) continue;
+      const exe = await Deno.readLink(`/proc/${e.name}/exe`).catch(() => "");
+      if (exe.endsWith("/deno") || exe.endsWith("/ovm")) out.push(Number(e.name));
+    }
+    return out;
+  }
+
+  async logTail(n = 25): Promise<string> {
+    const text = await Deno.readTextFile(join(this.dir, "containerd.log")).catch(() => "");
+    return text.trimEnd().split("\n").slice(-n).join("\n");
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stopDaemon().catch(() => {});
+    for (const pid of await this.shimPids().catch(() => [])) {
+      try {
+        Deno.kill(pid, "SIGKILL");
+      } catch { /* gone */ }
+    }
+    await killAll(this.home);
+    const mounts = (await Deno.readTextFile("/proc/self/mountinfo"))
+      .split("\n").map((l) => l.split(" ")[4]).filter((m) => m?.startsWith(this.dir + "/"));
+    for (const m of mounts.reverse()) {
+      await new Deno.Command("umount", { args: ["-l", m] }).output().catch(() => {});
+    }
+    await Deno.remove(this.dir, { recursive: true }).catch(() => {});
+  }
+}
