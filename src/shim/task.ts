@@ -245,7 +245,8 @@ export class VmTask {
         name: this.instanceId,
         memoryBytes: this.#memoryBytes,
         cpus: this.#cpus,
-        net: "none",
+        // A snapshot restores with the network it recorded; a task built here has none.
+        net: this.#artifact ? undefined : "none",
         detach: true,
         bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
         trace: this.#o.trace,

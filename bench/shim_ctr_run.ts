@@ -1,0 +1,140 @@
+/**
+ * `ctr run` to the workload's first output, through a real containerd 1.6
+ * (own root/state/sockets under a temp dir, as the shim tests run it):
+ *
+ * - `ovm`: `ctr run --rm --runtime io.containerd.ovm.v2 IMAGE ID sh -c 'echo first'`
+ *   — the shim mounts the snapshot, builds the ext4 disk and artifact, boots
+ *   the VM under TCG; time from spawning ctr to "first" on its stdout, and to
+ *   ctr's exit.
+ * - `ovm-snapshot`: the same with `--annotation io.ovms.artifact=` a RAM
+ *   snapshot of a counting guest (restored, no warm pool), to the first
+ *   "count" line; the task is then killed.
+ * - `runc`: the same image and command under containerd's default runtime
+ *   (`io.containerd.runc.v2`, Debian's runc), the peer.
+ *
+ *   deno run -A bench/shim_ctr_run.ts [--runs 5]
+ */
+import { parseArgs } from "node:util";
+import { TEST_IMAGE, TestContainerd } from "../tests/_helpers/containerd.ts";
+import { ovmIn, waitFor } from "../tests/_helpers/runtime.ts";
+import { dropTemplates, lastCount, packCounter } from "../tests/_helpers/snapshot.ts";
+import { ContentStore } from "../src/store/mod.ts";
+
+const { values } = parseArgs({ args: Deno.args, options: { runs: { type: "string" } } });
+const runs = Number(values.runs ?? "5");
+
+/** Spawns ctr; resolves with the ms to the first stdout match and to exit. */
+async function timeCtr(
+  c: TestContainerd,
+  args: string[],
+  match: RegExp,
+  onMatch?: () => Promise<void>,
+): Promise<{ first: number; exit: number; code: number }> {
+  const t0 = performance.now();
+  const child = new Deno.Command("ctr", {
+    args: ["--address", c.socket, ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let first = NaN;
+  let text = "";
+  const dec = new TextDecoder();
+  const err = new Response(child.stderr).text();
+  for await (const chunk of child.stdout) {
+    text += dec.decode(chunk, { stream: true });
+    if (Number.isNaN(first) && match.test(text)) {
+      first = performance.now() - t0;
+      await onMatch?.();
+    }
+  }
+  const st = await child.status;
+  if (Number.isNaN(first)) throw new Error(`no ${match} in ctr output: ${text} ${await err}`);
+  return { first, exit: performance.now() - t0, code: st.code };
+}
+
+function stats(xs: number[]): string {
+  const s = [...xs].sort((a, b) => a - b);
+  const med = s[Math.floor(s.length / 2)];
+  return `median ${(med / 1000).toFixed(2)} s (min ${(s[0] / 1000).toFixed(2)}, max ${
+    (s[s.length - 1] / 1000).toFixed(2)
+  })`;
+}
+
+await using c = await TestContainerd.start();
+const store = await ContentStore.open(c.home);
+try {
+  const ref = await packCounter(store);
+  await ovmIn(c.home, "run", "-d", "--name", "src", "--memory", "256M", ref);
+  await waitFor(async () => ((await lastCount(c.home, "src")) ?? 0) > 3 || undefined, {
+    timeoutMs: 120_000,
+  });
+  const snap = await ovmIn(c.home, "snapshot", "src", "-t", "bench/counter:warm");
+  if (snap.code !== 0) throw new Error(snap.stderr);
+  await ovmIn(c.home, "rm", "-f", "src");
+
+  const results: Record<string, { first: number[]; exit: number[] }> = {};
+  const add = (k: string, r: { first: number; exit: number }) => {
+    results[k] ??= { first: [], exit: [] };
+    results[k].first.push(r.first);
+    results[k].exit.push(r.exit);
+  };
+  const cmd = ["/bin/sh", "-c", "echo first"];
+  const mem = ["--memory-limit", String(256 << 20)];
+  for (let i = 0; i < runs; i++) {
+    add(
+      "runc",
+      await timeCtr(c, ["run", "--rm", ...mem, TEST_IMAGE, `b-runc-${i}`, ...cmd], /first/),
+    );
+    add(
+      "ovm",
+      await timeCtr(
+        c,
+        [
+          "run",
+          "--rm",
+          "--runtime",
+          "io.containerd.ovm.v2",
+          ...mem,
+          TEST_IMAGE,
+          `b-ovm-${i}`,
+          ...cmd,
+        ],
+        /first/,
+      ),
+    );
+    const id = `b-snap-${i}`;
+    add(
+      "ovm-snapshot",
+      await timeCtr(
+        c,
+        [
+          "run",
+          "--rm",
+          "--runtime",
+          "io.containerd.ovm.v2",
+          "--annotation",
+          "io.ovms.artifact=bench/counter:warm",
+          TEST_IMAGE,
+          id,
+          "/bin/true",
+        ],
+        /count \d+/,
+        async () => {
+          await c.ctr("task", "kill", "--signal", "SIGKILL", id);
+        },
+      ),
+    );
+  }
+  console.log(`ctr run to first output, ${runs} runs each (${new Date().toISOString()}):`);
+  for (const [k, v] of Object.entries(results)) {
+    console.log(`  ${k.padEnd(13)} first output ${stats(v.first)}; ctr exit ${stats(v.exit)}`);
+  }
+  const med = (k: string) => [...results[k].first].sort((a, b) => a - b)[Math.floor(runs / 2)];
+  console.log(
+    `  ratios (first output): ovm/runc ${(med("ovm") / med("runc")).toFixed(1)}x, ` +
+      `ovm-snapshot/runc ${(med("ovm-snapshot") / med("runc")).toFixed(1)}x`,
+  );
+} finally {
+  await dropTemplates(store);
+}
