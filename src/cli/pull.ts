@@ -3,7 +3,7 @@
  * `ovm pull`: fetches an artifact from a registry into the local store and
  * records it as `registry/repo:tag`. Interrupted pulls resume.
  */
-import { pullToStore } from "../oci/mod.ts";
+import { LAYOUT_PREFIX, pullToStore } from "../oci/mod.ts";
 import { formatBytes } from "../util/size.ts";
 import { bool, type Command, str } from "./command.ts";
 import { REMOTE_OPTIONS, remoteOptions } from "./push.ts";
@@ -13,11 +13,15 @@ import { POLICY_OPTION } from "./policy.ts";
 export const pullCommand: Command = {
   name: "pull",
   summary: "Fetch an artifact from a registry into the local store",
-  usage: "pull <REGISTRY/REPO[:TAG|@DIGEST]> [options]",
+  usage: "pull <REGISTRY/REPO[:TAG|@DIGEST] | oci:DIR[:REF]> [options]",
   description:
     "The tag is resolved once; blobs are verified as they stream and an interrupted pull\n" +
     "resumes where it stopped. A multi-platform index yields the linux/amd64 manifest.\n" +
-    "Only OVMS artifacts are accepted unless --any is given (container images for `ovm convert`).",
+    "Only OVMS artifacts are accepted unless --any is given (container images for `ovm convert`).\n" +
+    "oci:DIR[:REF] imports from an OCI image layout on disk (written by oras, skopeo, umoci):\n" +
+    "REF is a ref name in its index.json or sha256:<hex>, optional when the layout holds one\n" +
+    "manifest; every blob is digest-checked; the local ref is REF when it reads NAME:TAG, else\n" +
+    "<directory name>:REF (or -t). The admission policy applies to registries, not to layouts.",
   args: { min: 1, max: 1, names: "REMOTE-REF" },
   options: {
     ...REMOTE_OPTIONS,
@@ -33,6 +37,7 @@ export const pullCommand: Command = {
   examples: [
     "ovm pull localhost:5000/vms/demo:1.0",
     "ovm pull --any localhost:5000/library/alpine:3.19",
+    "ovm pull oci:./layout:1.0 -t demo/vm:1.0",
   ],
   async run(ctx, input) {
     const ref = input.args[0];
@@ -40,7 +45,7 @@ export const pullCommand: Command = {
     const store = await ctx.store();
     // Admission policy (src/sign): checked in the registry before anything is
     // fetched; the digest it checked is what gets pulled.
-    const admitted = await enforcePolicy(ref, {
+    const admitted = ref.startsWith(LAYOUT_PREFIX) ? undefined : await enforcePolicy(ref, {
       ...options,
       kind: "pull",
       home: ctx.home,
@@ -68,6 +73,7 @@ export const pullCommand: Command = {
       blobs: res.blobs,
       bytes: res.bytes,
       transferred: res.transferred,
+      ...(res.referrers !== undefined ? { referrers: res.referrers } : {}),
     });
     ctx.out.line(
       `pulled ${res.localRef ?? res.reference} ${res.descriptor.digest} (${res.blobs} blobs, ${

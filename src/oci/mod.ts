@@ -13,6 +13,7 @@ import {
   copy,
   type CopyEvent,
   type CopyResult,
+  type CopySource,
   DirSource,
   hostPlatform,
   type Platform,
@@ -22,6 +23,7 @@ import {
   StoreTarget,
 } from "./copy.ts";
 import { fileCredentials } from "./credentials/mod.ts";
+import { defaultLocalRef, LAYOUT_PREFIX, OciLayoutSource, parseLayoutReference } from "./layout.ts";
 import { parseReference, type Reference, referenceName } from "./reference.ts";
 import {
   type CredentialProvider,
@@ -36,6 +38,7 @@ export * from "./reference.ts";
 export * from "./remote/mod.ts";
 export * from "./copy.ts";
 export * from "./credentials/mod.ts";
+export * from "./layout.ts";
 
 export interface RemoteOptions {
   signal?: AbortSignal;
@@ -95,6 +98,8 @@ export interface PullResult extends CopyResult {
   localRef?: string;
   /** False for a non-OVMS image pulled with `any`. */
   ovms: boolean;
+  /** Referrers imported with it (from an OCI layout only). */
+  referrers?: number;
 }
 
 /**
@@ -108,13 +113,27 @@ export async function pullToStore(
   ref: string,
   options: RemoteOptions & { any?: boolean; localRef?: string; platform?: Platform } = {},
 ): Promise<PullResult> {
-  const r = parseRemoteReference(ref);
-  const repo = openRepository(r, options);
-  const localRef = options.localRef ??
-    (r.tag || !r.digest ? `${referenceName(r)}:${r.tag ?? "latest"}` : undefined);
+  let source: CopySource;
+  let srcRef: string | undefined;
+  let localRef: string | undefined;
+  if (ref.startsWith(LAYOUT_PREFIX)) {
+    // An OCI image layout on disk (oras, skopeo, umoci): imported like a pull.
+    const l = await parseLayoutReference(ref);
+    const layout = new OciLayoutSource(l.dir);
+    if (!l.ref && !options.localRef) await layout.resolve(undefined);
+    source = layout;
+    srcRef = l.ref;
+    localRef = options.localRef ?? defaultLocalRef(l, layout.resolvedName);
+  } else {
+    const r = parseRemoteReference(ref);
+    source = new RemoteSource(openRepository(r, options));
+    srcRef = r.digest ?? r.tag ?? "latest";
+    localRef = options.localRef ??
+      (r.tag || !r.digest ? `${referenceName(r)}:${r.tag ?? "latest"}` : undefined);
+  }
   const result = await store.lease(() =>
-    copy(new RemoteSource(repo), new StoreTarget(store), {
-      srcRef: r.digest ?? r.tag ?? "latest",
+    copy(source, new StoreTarget(store), {
+      srcRef,
       dstRef: localRef,
       platform: options.platform ?? hostPlatform(),
       concurrency: options.concurrency,
@@ -140,7 +159,24 @@ export async function pullToStore(
     await loadArtifact(store, result.descriptor.digest);
     ovms = true;
   }
-  return { ...result, reference: ref, localRef, ovms };
+  // From a layout, the artifact's referrers there (signatures, SBOMs) come along, untagged.
+  let referrers = 0;
+  if (source instanceof OciLayoutSource) {
+    const seen = new Set<string>([result.descriptor.digest]);
+    const queue = [result.descriptor.digest];
+    while (queue.length && seen.size <= 100) {
+      for (const d of await source.referrersOf(queue.shift()!)) {
+        if (seen.has(d.digest)) continue;
+        seen.add(d.digest);
+        await store.lease(() =>
+          copy(source, new StoreTarget(store), { srcRef: d.digest, signal: options.signal })
+        );
+        referrers++;
+        queue.push(d.digest);
+      }
+    }
+  }
+  return { ...result, reference: ref, localRef, ovms, referrers };
 }
 
 export interface PushResult extends CopyResult {
