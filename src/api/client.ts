@@ -23,26 +23,26 @@ import {
 import type {
   ErrorBody,
   InjectResponse,
-  InstancesResponse,
+  InstancesReply,
   LogRecord,
   SnapshotResponse,
+  StartReply,
   StartRequest,
-  StartResponse,
-  StatusResponse,
-  StopResponse,
+  StatusReply,
+  StopReply,
   VersionResponse,
 } from "./schemas.ts";
 import { clientSocketPath, defaultSocketPath, socketLive } from "./listen.ts";
 
 export type {
   InjectResponse,
-  InstancesResponse,
+  InstancesReply,
   LogRecord,
   SnapshotResponse,
+  StartReply,
   StartRequest,
-  StartResponse,
-  StatusResponse,
-  StopResponse,
+  StatusReply,
+  StopReply,
   VersionResponse,
 };
 
@@ -127,7 +127,7 @@ export class OvmsClient implements Disposable {
   async start(
     manifest: string,
     options: { overrides?: StartRequest["overrides"]; wait?: boolean } = {},
-  ): Promise<StartResponse> {
+  ): Promise<StartReply> {
     return await this.#call("POST", `/start${options.wait ? "?wait=true" : ""}`, {
       manifest,
       ...(options.overrides ? { overrides: options.overrides } : {}),
@@ -137,7 +137,7 @@ export class OvmsClient implements Disposable {
   async stop(
     id: string,
     options: { timeoutMs?: number; force?: boolean } = {},
-  ): Promise<StopResponse> {
+  ): Promise<StopReply> {
     return await this.#call("POST", "/stop", {
       instance_id: id,
       ...(options.timeoutMs !== undefined ? { timeout_ms: options.timeoutMs } : {}),
@@ -164,12 +164,12 @@ export class OvmsClient implements Disposable {
     });
   }
 
-  async status(id: string): Promise<StatusResponse> {
+  async status(id: string): Promise<StatusReply> {
     return await this.#call("GET", `/status/${encodeURIComponent(id)}`);
   }
 
-  async instances(): Promise<InstancesResponse["instances"]> {
-    return (await this.#call<InstancesResponse>("GET", "/instances")).instances;
+  async instances(): Promise<InstancesReply["instances"]> {
+    return (await this.#call<InstancesReply>("GET", "/instances")).instances;
   }
 
   async remove(id: string, options: { force?: boolean } = {}): Promise<void> {

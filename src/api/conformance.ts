@@ -366,7 +366,8 @@ export async function runConformance(
     const body = res.text();
     const stop = await call("POST", "/stop", { instance_id: name, timeout_ms: 30_000 });
     expect(stop.status === 200, `stop: status ${stop.status} ${JSON.stringify(stop.body)}`);
-    expect((stop.body as { status: string }).status === "stopped", "stop: not stopped");
+    const sb = stop.body as { status: string; state: string };
+    expect(sb.status === "ok" && sb.state === "stopped", `stop: ${JSON.stringify(sb)}`);
     const recs = (await body).split("\n").filter((l) => l.trim()).map((l) => JSON.parse(l));
     problems.push(...validator.check("GET", `/logs/${name}`, res.status, type, recs));
     expect(recs.length > 0, "the followed stream was empty");

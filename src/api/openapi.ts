@@ -73,7 +73,8 @@ function errors(...codes: string[]) {
 }
 
 const ID_PARAM = {
-  name: "id",
+  // The origin contract's name; on the wire a path parameter's name is not seen.
+  name: "instance_id",
   in: "path",
   required: true,
   description: "the instance id",
@@ -180,7 +181,7 @@ export function buildOpenApi(): Record<string, unknown> {
           "500",
         ),
       },
-      "/status/{id}": {
+      "/status/{instance_id}": {
         get: {
           summary: "State, pid, uptime and metrics of an instance",
           parameters: [ID_PARAM],
@@ -190,7 +191,7 @@ export function buildOpenApi(): Record<string, unknown> {
           },
         },
       },
-      "/logs/{id}": {
+      "/logs/{instance_id}": {
         get: {
           summary: "The console as NDJSON records (one LogRecord per line)",
           parameters: [
@@ -228,7 +229,7 @@ export function buildOpenApi(): Record<string, unknown> {
           },
         },
       },
-      "/instances/{id}": {
+      "/instances/{instance_id}": {
         delete: {
           summary: "Remove a stopped instance (?force=true stops it first)",
           parameters: [

@@ -11,6 +11,7 @@ export const InstanceIdSchema = z.string().regex(/^[a-z0-9-]{1,64}$/).describe(
   "1-64 characters of a-z, 0-9 and -",
 );
 
+/** ovm's instance states: the origin's five plus `paused` (carried as `runtime_state`). */
 export const StateSchema = z.enum([
   "starting",
   "running",
@@ -19,6 +20,16 @@ export const StateSchema = z.enum([
   "stopped",
   "error",
 ]);
+
+/**
+ * The OVMS origin's `InstanceStatus.state` (spec/ovms-v0.1.md section 11):
+ * what `state` carries on the wire, so a client of the origin contract reads
+ * ovm's answers. The finer ovm state is in `runtime_state` (wire.ts maps it).
+ */
+export const OvmsStateSchema = z.enum(["starting", "running", "stopping", "stopped", "error"]);
+
+/** The origin's `OperationResult.status`: how far a start or stop has got. */
+export const OperationStatusSchema = z.enum(["ok", "starting", "stopping"]);
 
 const SizeSchema = z.union([
   z.number().int().positive(),
@@ -44,7 +55,9 @@ export const StopRequestSchema = z.strictObject({
 
 export const SnapshotRequestSchema = z.strictObject({
   instance_id: InstanceIdSchema,
-  tag: z.string().min(1).max(512).describe("a local NAME:TAG, or a registry reference to push to"),
+  tag: z.string().min(1).max(512).optional().describe(
+    "a local NAME:TAG, or a registry reference to push to (default INSTANCE:snapshot-<UTC time>)",
+  ),
 });
 
 export const InjectRequestSchema = z.strictObject({
@@ -66,14 +79,36 @@ export const ErrorBodySchema = z.object({
   }),
 });
 
-export const StartResponseSchema = z.object({
+// ---- what the controller answers; wire.ts maps these onto the wire schemas below ----
+
+export const StartResultSchema = z.object({
   instance_id: InstanceIdSchema,
   status: StateSchema,
 });
 
-export const StopResponseSchema = z.object({
+export const StopResultSchema = z.object({
   instance_id: InstanceIdSchema,
   status: StateSchema,
+  reason: z.string().optional(),
+  exit_code: z.number().int().optional(),
+});
+
+// ---- the wire ----
+
+/** Both the origin's `InstanceStatus` and its `OperationResult`. */
+export const StartResponseSchema = z.object({
+  instance_id: InstanceIdSchema,
+  status: OperationStatusSchema.describe('"starting" while it boots, "ok" once it booted'),
+  state: OvmsStateSchema,
+  runtime_state: StateSchema,
+});
+
+/** The origin's `OperationResult`, with the instance's state. */
+export const StopResponseSchema = z.object({
+  instance_id: InstanceIdSchema,
+  status: OperationStatusSchema.describe('"ok" once stopped, "stopping" while it stops'),
+  state: OvmsStateSchema,
+  runtime_state: StateSchema,
   reason: z.string().optional(),
   exit_code: z.number().int().optional(),
 });
@@ -102,7 +137,7 @@ export const MetricsSchema = z.object({
   restore_ms: z.number().min(0).nullable().describe("RAM snapshot restore, when restored"),
 });
 
-export const InstanceSummarySchema = z.object({
+export const InstanceSummaryResultSchema = z.object({
   instance_id: InstanceIdSchema,
   state: StateSchema,
   reason: z.string().optional(),
@@ -116,7 +151,7 @@ export const InstanceSummarySchema = z.object({
   exit_code: z.number().int().optional(),
 });
 
-export const StatusResponseSchema = InstanceSummarySchema.extend({
+export const StatusResultSchema = InstanceSummaryResultSchema.extend({
   uptime_ms: z.number().min(0).nullable(),
   accel: z.enum(["kvm", "tcg"]).optional(),
   memory_bytes: z.number().int().positive().optional(),
@@ -127,6 +162,22 @@ export const StatusResponseSchema = InstanceSummarySchema.extend({
     size: z.number().int().min(0),
   })),
   metrics: MetricsSchema,
+});
+
+export const InstancesResultSchema = z.object({
+  instances: z.array(InstanceSummaryResultSchema),
+});
+
+/** The origin's `InstanceStatus`: `state` in its five values, ovm's own in `runtime_state`. */
+export const InstanceSummarySchema = InstanceSummaryResultSchema.extend({
+  state: OvmsStateSchema,
+  runtime_state: StateSchema,
+});
+
+export const StatusResponseSchema = StatusResultSchema.extend({
+  state: OvmsStateSchema,
+  runtime_state: StateSchema,
+  uptime_ms: z.number().int().min(0).optional().describe("absent while not running"),
 });
 
 export const InstancesResponseSchema = z.object({
@@ -149,7 +200,7 @@ export const VersionResponseSchema = z.object({
   ),
 });
 
-/** One line of `GET /logs/{id}` (NDJSON): a console line and the byte offset it starts at. */
+/** One line of `GET /logs/{instance_id}` (NDJSON): a console line and the byte offset it starts at. */
 export const LogRecordSchema = z.object({
   offset: z.number().int().min(0),
   line: z.string(),
@@ -160,14 +211,22 @@ export type StopRequest = z.infer<typeof StopRequestSchema>;
 export type SnapshotRequest = z.infer<typeof SnapshotRequestSchema>;
 export type InjectRequest = z.infer<typeof InjectRequestSchema>;
 export type ErrorBody = z.infer<typeof ErrorBodySchema>;
-export type StartResponse = z.infer<typeof StartResponseSchema>;
-export type StopResponse = z.infer<typeof StopResponseSchema>;
+/** What the controller answers to a start (the wire form is {@linkcode StartReply}). */
+export type StartResponse = z.infer<typeof StartResultSchema>;
+export type StopResponse = z.infer<typeof StopResultSchema>;
+export type StartReply = z.infer<typeof StartResponseSchema>;
+export type StopReply = z.infer<typeof StopResponseSchema>;
 export type SnapshotResponse = z.infer<typeof SnapshotResponseSchema>;
 export type InjectResponse = z.infer<typeof InjectResponseSchema>;
 export type Metrics = z.infer<typeof MetricsSchema>;
-export type InstanceSummary = z.infer<typeof InstanceSummarySchema>;
-export type StatusResponse = z.infer<typeof StatusResponseSchema>;
-export type InstancesResponse = z.infer<typeof InstancesResponseSchema>;
+export type InstanceSummary = z.infer<typeof InstanceSummaryResultSchema>;
+export type StatusResponse = z.infer<typeof StatusResultSchema>;
+export type InstancesResponse = z.infer<typeof InstancesResultSchema>;
+export type InstanceSummaryReply = z.infer<typeof InstanceSummarySchema>;
+export type StatusReply = z.infer<typeof StatusResponseSchema>;
+export type InstancesReply = z.infer<typeof InstancesResponseSchema>;
+export type State = z.infer<typeof StateSchema>;
+export type OvmsState = z.infer<typeof OvmsStateSchema>;
 export type VersionResponse = z.infer<typeof VersionResponseSchema>;
 export type LogRecord = z.infer<typeof LogRecordSchema>;
 

@@ -20,6 +20,7 @@ import {
   StartRequestSchema,
   StopRequestSchema,
 } from "./schemas.ts";
+import { toWire } from "./wire.ts";
 
 /** An error with its HTTP status: what the HTTP layer itself refuses. */
 export class HttpError extends Error {
@@ -169,6 +170,11 @@ function instanceId(raw: string): string {
   return id;
 }
 
+/** `ID:snapshot-YYYYMMDDTHHMMSSZ`, the tag of a snapshot asked for without one. */
+export function defaultSnapshotTag(id: string, now = new Date()): string {
+  return `${id}:snapshot-${now.toISOString().replace(/[-:]|\.\d+/g, "")}`;
+}
+
 function flag(url: URL, name: string): boolean {
   const v = url.searchParams.get(name);
   if (v === null || v === "false" || v === "0") return false;
@@ -226,7 +232,12 @@ export async function parseAction(req: Request): Promise<Action> {
     }
     case "POST snapshot": {
       const b = await parseBody(req, SnapshotRequestSchema, BODY_LIMIT);
-      return { kind: "snapshot", id: b.instance_id, tag: b.tag };
+      // The origin contract makes the tag optional: a local tag named for the instance and time.
+      return {
+        kind: "snapshot",
+        id: b.instance_id,
+        tag: b.tag ?? defaultSnapshotTag(b.instance_id),
+      };
     }
     case "POST inject": {
       const b = await parseBody(req, InjectRequestSchema, INJECT_BODY_LIMIT);
@@ -288,7 +299,7 @@ export function createHandler(
           status: result.status,
           headers: { "content-type": "application/x-ndjson" },
         })
-        : new Response(JSON.stringify(result.body) + "\n", {
+        : new Response(JSON.stringify(toWire(action.kind, result.body)) + "\n", {
           status: result.status,
           headers: {
             "content-type": "application/json",

@@ -22,14 +22,14 @@ export const psCommand: Command = {
     if (server) {
       const active = ["starting", "running", "paused", "stopping"];
       const listed = (await server.instances())
-        .filter((s) => bool(input, "all") || active.includes(s.state));
+        .filter((s) => bool(input, "all") || active.includes(s.runtime_state));
       ctx.out.result(listed);
       ctx.out.table(
         ["ID", "ARTIFACT", "STATE", "PID", "CREATED", "REASON"],
         listed.map((s) => [
           s.instance_id,
           s.name ? `${s.name}:${s.version}` : s.manifest,
-          s.state + (s.exit_code !== undefined ? ` (${s.exit_code})` : ""),
+          s.runtime_state + (s.exit_code !== undefined ? ` (${s.exit_code})` : ""),
           s.pid ? String(s.pid) : "-",
           (s.created_at ?? "").replace(/\.\d+Z$/, "Z"),
           s.reason ?? "",

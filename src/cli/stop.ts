@@ -39,7 +39,7 @@ export const stopCommand: Command = {
       for (const id of input.args) {
         const s = await server.stop(id, { timeoutMs: t * 1000, force: bool(input, "force") });
         done.push(s);
-        ctx.out.line(`${id} ${s.status}${s.reason ? `: ${s.reason}` : ""}`);
+        ctx.out.line(`${id} ${s.runtime_state}${s.reason ? `: ${s.reason}` : ""}`);
       }
       ctx.out.result(done);
       return;

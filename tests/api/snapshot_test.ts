@@ -57,7 +57,12 @@ Deno.test({
           overrides: { ...VM, name: "src" },
         });
         assert.equal(start.status, 200, JSON.stringify(start.body));
-        assert.deepEqual(start.body, { instance_id: "src", status: "running" });
+        assert.deepEqual(start.body, {
+          instance_id: "src",
+          status: "ok",
+          state: "running",
+          runtime_state: "running",
+        });
         const seen = await countsPast(c, "src", 5);
         lowAt = seen[seen.length - 1];
         const snap = await c.call("POST", "/snapshot", {

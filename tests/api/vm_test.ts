@@ -210,7 +210,9 @@ Deno.test({
               [200, 409, 409],
               JSON.stringify(stopRes.map((r) => r.body)),
             );
-            assert.equal(stopRes.find((r) => r.status === 200)!.body.status, "stopped");
+            const stopped = stopRes.find((r) => r.status === 200)!.body;
+            assert.equal(stopped.status, "ok");
+            assert.equal(stopped.state, "stopped");
             for (const r of stopRes.filter((r) => r.status === 409)) {
               assert.equal(r.body.error.message, 'Instance "life" is stopped');
             }
