@@ -65,9 +65,11 @@ await using c = await TestContainerd.start();
 const store = await ContentStore.open(c.home);
 try {
   const ref = await packCounter(store);
-  await ovmIn(c.home, "run", "-d", "--name", "src", "--memory", "256M", ref);
+  const run = await ovmIn(c.home, "run", "-d", "--name", "src", "--memory", "256M", ref);
+  if (run.code !== 0) throw new Error(`ovm run: ${run.stderr}`);
   await waitFor(async () => ((await lastCount(c.home, "src")) ?? 0) > 3 || undefined, {
     timeoutMs: 120_000,
+    what: "the counting guest",
   });
   const snap = await ovmIn(c.home, "snapshot", "src", "-t", "bench/counter:warm");
   if (snap.code !== 0) throw new Error(snap.stderr);

@@ -15,6 +15,12 @@ import type { BootstrapConfig } from "../manifest/mod.ts";
 /** Annotation naming an OVMS artifact to run instead of the image's root filesystem. */
 export const ARTIFACT_ANNOTATION = "io.ovms.artifact";
 
+/** Set by containerd's CRI plugin: `sandbox` (the Pod's pause container) or `container`. */
+export const CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type";
+
+/** Paths whose mounts the guest provides itself, whatever the spec binds there (CRI's Pod shm). */
+const GUEST_PATHS = new Set(["/dev/shm", "/dev/mqueue", "/dev/pts"]);
+
 /** Mount types the guest kernel provides itself; the spec's entries for them are satisfied. */
 const GUEST_FS = new Set(["proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2"]);
 
@@ -117,6 +123,7 @@ export function planFromSpec(spec: OciSpec): BundlePlan {
     const type = m.type ?? "";
     const bind = type === "bind" || (m.options ?? []).some((o) => o === "bind" || o === "rbind");
     if (!bind && GUEST_FS.has(type)) continue;
+    if (GUEST_PATHS.has(m.destination)) continue;
     if (bind && m.source) {
       let isFile = false;
       try {
@@ -133,6 +140,14 @@ export function planFromSpec(spec: OciSpec): BundlePlan {
     }
     throw unsupported(`mounts["${m.destination}"]`, `mount type "${type}" has no VM equivalent`);
   }
+  // A Pod on the host network gets no spec hostname; CRI's /etc/hostname bind still names it.
+  let hostname = spec.hostname;
+  const hostnameFile = copies.find((c) => c.destination === "/etc/hostname");
+  if (!hostname && hostnameFile) {
+    try {
+      hostname = Deno.readTextFileSync(hostnameFile.source).trim();
+    } catch { /* unreadable: the guest default */ }
+  }
   const uid = p.user?.uid ?? 0;
   const gid = p.user?.gid ?? 0;
   const bootstrap: BootstrapConfig = {
@@ -141,9 +156,7 @@ export function planFromSpec(spec: OciSpec): BundlePlan {
     workdir: p.cwd && p.cwd.startsWith("/") ? p.cwd : "/",
     user: `${uid}:${gid}`,
     exposedPorts: [],
-    ...(spec.hostname && /^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}$/.test(spec.hostname)
-      ? { hostname: spec.hostname }
-      : {}),
+    ...(hostname && /^[a-zA-Z0-9][a-zA-Z0-9.-]{0,62}$/.test(hostname) ? { hostname } : {}),
   };
   const res = spec.linux?.resources;
   let memoryBytes: number | undefined;

@@ -22,7 +22,7 @@ import {
   waitInstance,
 } from "../runtime/mod.ts";
 import { type ContentStore, loadArtifact } from "../store/mod.ts";
-import { ARTIFACT_ANNOTATION, readBundle } from "./bundle.ts";
+import { ARTIFACT_ANNOTATION, CRI_CONTAINER_TYPE, readBundle } from "./bundle.ts";
 import {
   buildTaskArtifact,
   copyFilesIn,
@@ -166,6 +166,7 @@ export class VmTask {
   #memoryBytes?: number;
   #cpus?: number;
   #artifact?: string;
+  #sandbox = false;
   #onExit?: (t: VmTask) => void;
 
   private constructor(store: ContentStore, input: CreateInput, options: TaskOptions) {
@@ -190,6 +191,11 @@ export class VmTask {
     // containerd's ids are unique per namespace: an instance by this name is a leftover.
     await removeInstance(store.paths.home, task.instanceId, { force: true }).catch(() => {});
     const plan = await readBundle(input.bundle);
+    if (plan.annotations[CRI_CONTAINER_TYPE] === "sandbox") {
+      // A Pod's sandbox only holds namespaces a VM does not share: it needs no VM (spec §13.5).
+      task.#sandbox = true;
+      return task;
+    }
     task.#memoryBytes = plan.memoryBytes;
     task.#cpus = plan.cpus;
     if (plan.artifact) {
@@ -233,6 +239,11 @@ export class VmTask {
   async start(): Promise<number> {
     if (this.status !== "created") {
       throw new ConflictError(`Task "${this.id}" is ${this.status}, not created`);
+    }
+    if (this.#sandbox) {
+      this.pid = Deno.pid;
+      this.status = "running";
+      return this.pid;
     }
     const home = this.#store.paths.home;
     const out = new StdioSink(this.io.stdout);
@@ -307,6 +318,11 @@ export class VmTask {
       this.#markExited(128 + signal);
       return;
     }
+    if (this.#sandbox) {
+      // Like the pause process: TERM and INT end it cleanly.
+      this.#markExited(signal === 9 ? 137 : 0);
+      return;
+    }
     const home = this.#store.paths.home;
     const reason = `killed by containerd (${SIGNUM[signal] ?? `signal ${signal}`})`;
     // Kill returns at once, like runc; the exit arrives through Wait and the exit event.
@@ -318,6 +334,10 @@ export class VmTask {
   }
 
   async pause(): Promise<void> {
+    if (this.#sandbox && this.status === "running") {
+      this.status = "paused";
+      return;
+    }
     if (this.status !== "running" || !this.#started) {
       throw new ConflictError(`Task "${this.id}" is ${this.status}; only a running task pauses`);
     }
@@ -326,6 +346,10 @@ export class VmTask {
   }
 
   async resume(): Promise<void> {
+    if (this.#sandbox && this.status === "paused") {
+      this.status = "running";
+      return;
+    }
     if (this.status !== "paused" || !this.#started) {
       throw new ConflictError(`Task "${this.id}" is ${this.status}, not paused`);
     }

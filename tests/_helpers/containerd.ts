@@ -38,7 +38,10 @@ export class TestContainerd implements AsyncDisposable {
     this.bin = join(dir, "bin");
   }
 
-  /** Starts containerd with the ovm shim installed and the test image imported. */
+  /**
+   * Starts containerd with the ovm shim installed and the test image imported.
+   * `cri`: enable the CRI plugin with this TOML (`{dir}` is replaced by the temp dir).
+   */
   static async start(options: { cri?: string } = {}): Promise<TestContainerd> {
     // Short: shim sockets live at <state>/s/<32 hex> and must fit in sun_path.
     const dir = await Deno.makeTempDir({ prefix: "ovm-ctd-" });
@@ -72,7 +75,7 @@ export class TestContainerd implements AsyncDisposable {
           '  address = ""',
           '[plugins."io.containerd.internal.v1.opt"]',
           `  path = "${dir}/opt"`,
-          options.cri ?? "",
+          (options.cri ?? "").replaceAll("{dir}", dir),
           "",
         ].join("\n"),
       );
@@ -81,6 +84,18 @@ export class TestContainerd implements AsyncDisposable {
       await buildTestImage(layout);
       await sh("tar", ["-C", layout, "-cf", `${layout}.tar`, "."]);
       await c.ctrOk("image", "import", "--base-name", "docker.io/library/ovmtest", `${layout}.tar`);
+      if (options.cri !== undefined) {
+        // CRI's images live in the k8s.io namespace.
+        await c.ctrOk(
+          "-n",
+          "k8s.io",
+          "image",
+          "import",
+          "--base-name",
+          "docker.io/library/ovmtest",
+          `${layout}.tar`,
+        );
+      }
       return c;
     } catch (e) {
       await c[Symbol.asyncDispose]();
