@@ -17,11 +17,16 @@ export interface RunningRegistry extends AsyncDisposable {
   tokenRequests: URL[];
   /** With `tls`: the PEM of the private CA that signed the registry's certificate. */
   caFile?: string;
+  /** With `clientCerts`: a client certificate and key the registry accepts. */
+  clientCert?: string;
+  clientKey?: string;
 }
 
 export interface RegistryOptions {
   /** Serve HTTPS with a certificate (for 127.0.0.1 and localhost) from a private CA. */
   tls?: boolean;
+  /** With `tls`: require a client certificate from the same CA (mutual TLS). */
+  clientCerts?: boolean;
 }
 
 export type RegistryAuth =
@@ -105,6 +110,7 @@ http:
 ${authYaml}`;
     let tlsYaml = "";
     let caFile: string | undefined;
+    let client: { cert: string; key: string } | undefined;
     if (options.tls) {
       const pki = await makeTestPki(dir);
       caFile = pki.caFile;
@@ -112,6 +118,12 @@ ${authYaml}`;
     certificate: ${pki.certFile}
     key: ${pki.keyFile}
 `;
+      if (options.clientCerts) {
+        client = await makeClientCert(dir);
+        tlsYaml += `    clientcas:
+      - ${pki.caFile}
+`;
+      }
     }
     await Deno.writeTextFile(
       join(dir, "config.yml"),
@@ -131,13 +143,18 @@ ${authYaml}`;
       await stderr;
     });
     const url = `${caFile ? "https" : "http"}://127.0.0.1:${port}`;
-    const client = caFile
-      ? Deno.createHttpClient({ caCerts: [await Deno.readTextFile(caFile)] })
-      : undefined;
+    const caCerts = caFile ? [await Deno.readTextFile(caFile)] : [];
+    const httpClient = !caFile ? undefined : client
+      ? Deno.createHttpClient({
+        caCerts,
+        cert: await Deno.readTextFile(client.cert),
+        key: await Deno.readTextFile(client.key),
+      })
+      : Deno.createHttpClient({ caCerts });
     try {
       for (let i = 0;; i++) {
         try {
-          const res = await fetch(`${url}/v2/`, { client } as RequestInit);
+          const res = await fetch(`${url}/v2/`, { client: httpClient } as RequestInit);
           await res.body?.cancel();
           if (res.status === 200 || res.status === 401) break;
         } catch { /* not yet */ }
@@ -145,7 +162,7 @@ ${authYaml}`;
         await new Promise((r) => setTimeout(r, 100));
       }
     } finally {
-      client?.close();
+      httpClient?.close();
     }
     return {
       host: `127.0.0.1:${port}`,
@@ -153,6 +170,8 @@ ${authYaml}`;
       dir,
       tokenRequests,
       caFile,
+      clientCert: client?.cert,
+      clientKey: client?.key,
       async [Symbol.asyncDispose]() {
         for (const c of cleanups) await c();
       },
@@ -219,6 +238,47 @@ export async function makeTestPki(
     ext,
   ]);
   return { caFile, certFile, keyFile };
+}
+
+/** A client certificate signed by the CA `makeTestPki` made in `dir`. */
+async function makeClientCert(dir: string): Promise<{ cert: string; key: string }> {
+  const key = join(dir, "client.key");
+  const csr = join(dir, "client.csr");
+  const cert = join(dir, "client.cert");
+  const ext = join(dir, "client.ext");
+  await sh("openssl", [
+    "req",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-keyout",
+    key,
+    "-out",
+    csr,
+    "-subj",
+    "/CN=ovm test client",
+  ]);
+  await Deno.writeTextFile(ext, "extendedKeyUsage=clientAuth\n");
+  await sh("openssl", [
+    "x509",
+    "-req",
+    "-in",
+    csr,
+    "-CA",
+    join(dir, "ca.crt"),
+    "-CAkey",
+    join(dir, "ca.key"),
+    "-CAcreateserial",
+    "-out",
+    cert,
+    "-days",
+    "1",
+    "-extfile",
+    ext,
+  ]);
+  return { cert, key };
 }
 
 // ---- token server ----

@@ -409,10 +409,65 @@ Deno.test("ovm push/pull take --ca-file and --authfile, and say what to fix with
     authFile,
   );
   assertExit(pulled, 0);
+  // ovm login checks the password over the same TLS, then pulls need nothing else.
+  await using home3 = await tempDir("ovm-home-");
+  const bad = await ovm(
+    home3.path,
+    "login",
+    reg.host,
+    "-u",
+    "al",
+    "-p",
+    "nope",
+    "--ca-file",
+    reg.caFile!,
+  );
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /refused the credentials/);
+  assertExit(
+    await ovm(home3.path, "login", reg.host, "-u", "al", "-p", "pw", "--ca-file", reg.caFile!),
+    0,
+  );
+  assertExit(await ovm(home3.path, "pull", ref, "--ca-file", reg.caFile!), 0);
   for (const verb of ["push", "pull", "copy", "login", "referrers", "sign", "verify"]) {
     const help = await ovm(home.path, verb, "--help");
     assertExit(help, 0);
     assert.match(help.stdout, /--ca-file/, `ovm ${verb} --help`);
     if (verb !== "login") assert.match(help.stdout, /--authfile/, `ovm ${verb} --help`);
   }
+});
+
+Deno.test("a registry that wants a client certificate takes NAME.cert and NAME.key from certs.d/HOST:PORT/, and says so without them", async () => {
+  await using reg = await startRegistry({ kind: "none" }, { tls: true, clientCerts: true });
+  await using home = await tempDir("ovm-home-");
+  await using tmp = await tempDir("ovm-mtls-");
+  const packed = await packDummy(home.path, "demo/vm:1.0");
+  const store = await ContentStore.open(home.path);
+  const certsD = join(tmp.path, "certs.d");
+  const hostDir = join(certsD, reg.host);
+  await Deno.mkdir(hostDir, { recursive: true });
+  await Deno.copyFile(reg.caFile!, join(hostDir, "ca.crt"));
+  const env = envOf({ HOME: tmp.path, OVM_CERTS_D: certsD });
+  const ref = `${reg.host}/vms/demo:1.0`;
+  await assert.rejects(
+    () => pushFromStore(store, "demo/vm:1.0", ref, { home: home.path, env }),
+    (e) => {
+      assert(e instanceof NetworkError && e.tls, String(e));
+      assert.match(e.message, /client certificate/);
+      assert(e.hint?.includes(`certs.d/${reg.host}/`), e.hint);
+      return true;
+    },
+  );
+  await Deno.copyFile(reg.clientCert!, join(hostDir, "client.cert"));
+  // A certificate without its key is named.
+  await assert.rejects(
+    () => pushFromStore(store, "demo/vm:1.0", ref, { home: home.path, env }),
+    (e) => e instanceof OvmError && /client\.cert" has no key "client\.key"/.test(e.message),
+  );
+  await Deno.copyFile(reg.clientKey!, join(hostDir, "client.key"));
+  const pushed = await pushFromStore(store, "demo/vm:1.0", ref, { home: home.path, env });
+  assert.equal(pushed.digest, packed.digest);
+  // skopeo reads the same directory (ca.crt, client.cert, client.key).
+  const raw = await run("skopeo", ["inspect", "--raw", "--cert-dir", hostDir, `docker://${ref}`]);
+  assert.equal(digestOf(new TextEncoder().encode(raw)), packed.digest);
 });

@@ -146,6 +146,25 @@ async function readCertsDir(dir: string, out: HostTls): Promise<void> {
   }
 }
 
+const CLIENTS = new Map<string, Deno.HttpClient>();
+
+/**
+ * The HTTP client for one set of extra trust, shared by every request that
+ * needs the same (so connections are pooled and kept alive). Clients live as
+ * long as the process; there are as many as distinct trust settings.
+ */
+export function httpClientFor(extra: HostTls): Deno.HttpClient {
+  const key = JSON.stringify([extra.caCerts, extra.cert ?? "", extra.key ?? ""]);
+  let client = CLIENTS.get(key);
+  if (!client) {
+    client = extra.cert && extra.key
+      ? Deno.createHttpClient({ caCerts: extra.caCerts, cert: extra.cert, key: extra.key })
+      : Deno.createHttpClient({ caCerts: extra.caCerts });
+    CLIENTS.set(key, client);
+  }
+  return client;
+}
+
 /** What to tell a user whose TLS handshake with `host` failed, by the failure's text. */
 export function tlsAdvice(host: string, detail: string, env: Env = Deno.env): {
   reason: string;

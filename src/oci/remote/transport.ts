@@ -8,7 +8,7 @@
  */
 import { RegistryError } from "../../errors.ts";
 import { USER_AGENT } from "../../version.ts";
-import type { TlsTrust } from "./tls.ts";
+import { httpClientFor, type TlsTrust } from "./tls.ts";
 
 /** A request the transport may have to send more than once (retry, auth, redirect). */
 export interface HttpRequest {
@@ -44,22 +44,11 @@ export class HttpTransport implements Transport {
     this.#tls = options.tls;
   }
 
-  /**
-   * One fetch, through an HTTP client that trusts the host's extra CAs when
-   * it has any. The client is closed once the answer's headers are in (the
-   * body goes on streaming), so none outlives its request.
-   */
+  /** One fetch, through an HTTP client that trusts the host's extra CAs when it has any. */
   async #send(url: URL, init: RequestInit): Promise<Response> {
     const extra = url.protocol === "https:" ? await this.#tls?.forHost(url.host) : undefined;
     if (!extra) return await this.#fetch(url, init);
-    const client = extra.cert && extra.key
-      ? Deno.createHttpClient({ caCerts: extra.caCerts, cert: extra.cert, key: extra.key })
-      : Deno.createHttpClient({ caCerts: extra.caCerts });
-    try {
-      return await this.#fetch(url, { ...init, client } as RequestInit);
-    } finally {
-      client.close();
-    }
+    return await this.#fetch(url, { ...init, client: httpClientFor(extra) } as RequestInit);
   }
 
   async roundTrip(req: HttpRequest): Promise<Response> {
