@@ -331,8 +331,41 @@ Deno.test("a bearer token's scopes are enforced: a pull-only repository is reada
     () => copyBetween(`${reg.host}/vms/rw:1.0`, `${reg.host}/vms/ro:1.0`, opts),
     (e) =>
       e instanceof AuthError && e.message.includes(reg.host) &&
-      /denied access "repository:vms\/ro:[a-z,]*push/.test(e.message) &&
+      /denied access "[^"]*repository:vms\/ro:[a-z,]*push/.test(e.message) &&
       /lacks this access/.test(e.hint ?? ""),
+  );
+  // skopeo, through the same token service, CA and credentials, reads vms/rw
+  // and is refused the push to vms/ro as ovm was.
+  await using tmp = await tempDir("ovm-skopeo-");
+  const certDir = join(tmp.path, "certs");
+  await Deno.mkdir(certDir);
+  await Deno.copyFile(reg.caFile!, join(certDir, "ca.crt"));
+  const authFile = await writeJson(join(tmp.path, "auth.json"), {
+    auths: { [reg.host]: { auth: basic("bob", "pw") } },
+  });
+  const common = ["--authfile", authFile];
+  const raw = await run("skopeo", [
+    "inspect",
+    "--raw",
+    "--cert-dir",
+    certDir,
+    ...common,
+    `docker://${reg.host}/vms/rw:1.0`,
+  ]);
+  assert.equal(digestOf(new TextEncoder().encode(raw)), packed.digest);
+  await assert.rejects(
+    () =>
+      run("skopeo", [
+        "copy",
+        ...common,
+        "--src-cert-dir",
+        certDir,
+        "--dest-cert-dir",
+        certDir,
+        `docker://${reg.host}/vms/rw:1.0`,
+        `docker://${reg.host}/vms/ro:1.0`,
+      ]),
+    /initiating layer upload to \/v2\/vms\/ro\/blobs\/uploads\/.*\n?.*denied: requested access to the resource is denied/,
   );
 });
 
