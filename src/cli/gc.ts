@@ -70,6 +70,9 @@ export const gcCommand: Command = {
     for (const b of res.removed) ctx.out.info(`${verb} ${b.digest} (${formatBytes(b.size)})`);
     ctx.out.line(
       `${verb} ${res.removed.length} blob(s), ${formatBytes(res.freedBytes)}; ` +
+        (res.attachmentsDropped
+          ? `${res.attachmentsDropped} attachment(s) of removed artifacts; `
+          : "") +
         `${res.ingestRemoved} partial ingest(s); ${templates.removed.length} decoded snapshot ` +
         `template(s), ${formatBytes(templates.freedBytes)} of RAM`,
     );

@@ -503,19 +503,65 @@ export class ContentStore {
   /**
    * Removes every blob that no index.json entry and no extra root needs, and
    * every stale ingest file. Holds the store lock exclusively.
+   *
+   * Attachments live as long as what they are attached to: an untagged
+   * manifest with a `subject` (a bundle, an SBOM imported with an artifact)
+   * and a `…:sha256-<hex>.sig` tag are kept only while their subject is kept;
+   * once it is gone their index entries are dropped and their blobs removed.
    */
   async gc(
     options: { roots?: Digest[]; dryRun?: boolean } = {},
-  ): Promise<{ removed: BlobInfo[]; freedBytes: number; ingestRemoved: number }> {
+  ): Promise<
+    { removed: BlobInfo[]; freedBytes: number; ingestRemoved: number; attachmentsDropped: number }
+  > {
     using lock = await Deno.open(this.paths.storeLock, { read: true, write: true, create: true });
     await lock.lock(true);
     const keep = new Set<string>();
     const index = await this.#readIndex();
-    const roots: Descriptor[] = [...index.manifests];
+    // What each attachment entry is attached to.
+    const attachedTo = new Map<Descriptor, string>();
+    for (const d of index.manifests) {
+      const name = d.annotations?.[REF_ANNOTATION];
+      const sig = name?.match(/:sha256-([0-9a-f]{64})\.sig$/);
+      if (sig) attachedTo.set(d, `sha256:${sig[1]}`);
+      else if (!name && isManifestType(d.mediaType) && await this.has(d.digest)) {
+        try {
+          const m = parseJsonBytes(
+            await this.readBlob(d.digest, { maxBytes: MAX_MANIFEST_BYTES }),
+            {
+              source: `manifest ${d.digest}`,
+            },
+          ) as { subject?: { digest?: unknown } };
+          if (typeof m?.subject?.digest === "string") attachedTo.set(d, m.subject.digest);
+        } catch { /* unreadable: kept as a root, as before */ }
+      }
+    }
+    const roots: Descriptor[] = index.manifests.filter((d) => !attachedTo.has(d));
     for (const r of options.roots ?? []) {
       if (await this.has(r)) roots.push(await this.#describeManifestBlob(r));
     }
     for (const d of roots) for (const x of await this.closure(d)) keep.add(x);
+    // Attachments of kept manifests are kept, and theirs, to a fixpoint.
+    for (let changed = true; changed;) {
+      changed = false;
+      for (const [d, subject] of attachedTo) {
+        if (!keep.has(subject)) continue;
+        for (const x of await this.closure(d)) keep.add(x);
+        attachedTo.delete(d);
+        changed = true;
+      }
+    }
+    const dropped = new Set(attachedTo.keys());
+    if (dropped.size && !options.dryRun) {
+      const gone = (d: Descriptor) =>
+        [...dropped].some((x) =>
+          x.digest === d.digest &&
+          x.annotations?.[REF_ANNOTATION] === d.annotations?.[REF_ANNOTATION]
+        );
+      await this.#updateIndex((idx) => {
+        idx.manifests = idx.manifests.filter((d) => !gone(d));
+      });
+    }
     const removed: BlobInfo[] = [];
     let freedBytes = 0;
     const dir = join(this.root, "blobs", "sha256");
@@ -536,7 +582,7 @@ export class ContentStore {
       ingestRemoved++;
       if (!options.dryRun) await Deno.remove(p).catch(() => {});
     }
-    return { removed, freedBytes, ingestRemoved };
+    return { removed, freedBytes, ingestRemoved, attachmentsDropped: dropped.size };
   }
 }
 

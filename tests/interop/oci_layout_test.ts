@@ -146,6 +146,26 @@ Deno.test({
     assertExit(q, 0);
     assert.equal(JSON.parse(q.stdout).localRef, "layout:1.0");
     await assertStoreConsistent(fresh);
+
+    // gc keeps the imported bundle while a ref names its subject, and drops it after.
+    const g = await ovm(fresh, "gc", "--json");
+    assertExit(g, 0);
+    assert.equal(JSON.parse(g.stdout).attachmentsDropped, 0);
+    assertExit(await ovm(fresh, "verify", "--key", join(home, "k.pub"), "demo/imported:1.0"), 0);
+    // (ovm has no verb to drop a ref yet; the store's untag is what one would call.)
+    const fs = await ContentStore.open(fresh);
+    assert(await fs.untag("demo/imported:1.0"));
+    assert(await fs.untag("layout:1.0"));
+    const g2 = await ovm(fresh, "gc", "--json");
+    assertExit(g2, 0);
+    assert.equal(JSON.parse(g2.stdout).attachmentsDropped, 1);
+    const index = JSON.parse(await Deno.readTextFile(join(fresh, "store", "index.json")));
+    assert.deepEqual(index.manifests, []);
+    assert.deepEqual(
+      [...Deno.readDirSync(join(fresh, "store", "blobs", "sha256"))],
+      [],
+      "every blob of the artifact and its bundle is gone",
+    );
   },
 });
 
