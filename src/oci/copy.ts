@@ -113,10 +113,31 @@ export async function copy(
   dst: CopyTarget,
   options: CopyOptions & { srcRef?: string; dstRef?: string } = {},
 ): Promise<CopyResult> {
-  // One blob failing stops the others (their ingests stay resumable).
+  // One controller per copy: whatever fails (a blob, a manifest, the
+  // caller's abort) stops every transfer this copy started; each is awaited
+  // before copy() settles (see pool), so nothing writes after it returned.
   const stop = new AbortController();
   const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
   const emit = options.onEvent ?? (() => {});
+  try {
+    return await copyRoot(src, dst, { ...options, signal, emit });
+  } catch (e) {
+    stop.abort(e);
+    throw e;
+  }
+}
+
+async function copyRoot(
+  src: CopySource,
+  dst: CopyTarget,
+  options: CopyOptions & {
+    srcRef?: string;
+    dstRef?: string;
+    signal: AbortSignal;
+    emit: (e: CopyEvent) => void;
+  },
+): Promise<CopyResult> {
+  const { signal, emit } = options;
   const root = await src.resolve(options.srcRef, signal);
   emit({
     type: "resolved",
@@ -143,7 +164,7 @@ export async function copy(
     node = { descriptor: child, bytes: await src.fetchManifest(child, signal) };
   }
   const stats = { blobs: 0, bytes: 0, transferred: 0 };
-  await copyNode(src, dst, node, options.dstRef, { ...options, signal, emit, stop }, stats, 0);
+  await copyNode(src, dst, node, options.dstRef, options, stats, 0);
   return { descriptor: node.descriptor, resolved: root.descriptor, ...stats };
 }
 
@@ -152,7 +173,7 @@ async function copyNode(
   dst: CopyTarget,
   node: FetchedManifest,
   reference: string | undefined,
-  options: CopyOptions & { emit: (e: CopyEvent) => void; stop: AbortController },
+  options: CopyOptions & { signal: AbortSignal; emit: (e: CopyEvent) => void },
   stats: { blobs: number; bytes: number; transferred: number },
   depth: number,
 ): Promise<void> {
@@ -178,17 +199,13 @@ async function copyNode(
       blobs: blobs.length,
       size: blobs.reduce((n, b) => n + b.size, 0),
     });
-    await pool(blobs, options.concurrency ?? 4, async (b) => {
-      signal?.throwIfAborted();
-      const status = await dst.pushBlob(b, src, { signal, emit }).catch((e) => {
-        options.stop.abort(e);
-        throw e;
-      });
+    await pool(blobs, options.concurrency ?? 4, async (b, signal) => {
+      const status = await dst.pushBlob(b, src, { signal, emit });
       stats.blobs++;
       stats.bytes += b.size;
       if (status === "pushed" || status === "fetched") stats.transferred += b.size;
       emit({ type: "blob-done", digest: b.digest, size: b.size, status });
-    });
+    }, { signal });
   }
   await dst.pushManifest(node.descriptor, node.bytes, { reference, signal });
   emit({ type: "manifest-done", digest: node.descriptor.digest, reference });
@@ -221,26 +238,66 @@ function uniqueByDigest(ds: Descriptor[]): Descriptor[] {
   return ds.filter((d) => !seen.has(d.digest) && (seen.add(d.digest), true));
 }
 
-/** Runs `fn` over items with at most `limit` in flight; the first failure stops new work. */
+/**
+ * Runs `fn` over items with at most `limit` in flight. The first failure (or
+ * `options.signal`) aborts the signal every `fn` was given, so the items in
+ * flight stop, and starts nothing new; pool settles only after every `fn` it
+ * started has settled, then throws that first failure.
+ */
 export async function pool<T>(
   items: T[],
   limit: number,
-  fn: (item: T) => Promise<void>,
+  fn: (item: T, signal: AbortSignal) => Promise<void>,
+  options: { signal?: AbortSignal } = {},
 ): Promise<void> {
+  const stop = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stop.signal]) : stop.signal;
   let next = 0;
   let failed: { e: unknown } | undefined;
   const worker = async () => {
     while (!failed && next < items.length) {
       const item = items[next++];
       try {
-        await fn(item);
+        signal.throwIfAborted();
+        await fn(item, signal);
       } catch (e) {
-        failed ??= { e };
+        if (!failed) {
+          failed = { e };
+          stop.abort(e);
+        }
       }
     }
   };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  const workers = Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker);
+  await Promise.allSettled(workers);
   if (failed) throw failed.e;
+}
+
+/**
+ * Iterates a stream and stops as soon as `signal` aborts: a fetch body that
+ * is waiting for bytes does not end by itself when its request is aborted
+ * (it would go on until the server sends more), so the reader is cancelled.
+ * A loop left early (break, error, abort) cancels the stream too.
+ */
+export async function* chunksOf(
+  stream: ReadableStream<Uint8Array>,
+  signal?: AbortSignal,
+): AsyncGenerator<Uint8Array> {
+  const reader = stream.getReader();
+  const onAbort = () => void reader.cancel(signal!.reason).catch(() => {});
+  signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    for (;;) {
+      signal?.throwIfAborted();
+      const { done, value } = await reader.read();
+      signal?.throwIfAborted();
+      if (done) return;
+      yield value;
+    }
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    await reader.cancel().catch(() => {});
+  }
 }
 
 async function readBlobBounded(
@@ -292,9 +349,7 @@ export class StoreSource implements CopySource {
   }
 
   async openBlob(desc: Descriptor, offset: number): Promise<ReadableStream<Uint8Array>> {
-    const f = await this.#store.openBlob(desc.digest);
-    if (offset > 0) await f.seek(offset, Deno.SeekMode.Start);
-    return f.readable;
+    return fileStream(await this.#store.openBlob(desc.digest), offset);
   }
 }
 
@@ -352,7 +407,7 @@ export class StoreTarget implements CopyTarget {
           if (w.offset < desc.size || desc.size === 0) {
             const stream = await src.openBlob(desc, w.offset, signal);
             let got = w.offset;
-            for await (const chunk of stream) {
+            for await (const chunk of chunksOf(stream, signal)) {
               // Checked here, not only by the writer, so reading stops at
               // size+1 even while bytes wait in the batch.
               if (got + chunk.byteLength > desc.size) {
@@ -382,8 +437,11 @@ export class StoreTarget implements CopyTarget {
       await w.commit();
       return "fetched";
     } catch (e) {
-      keep = signal?.aborted === true || isNetworkError(e) ||
-        (e instanceof DOMException && e.name === "AbortError");
+      // An interrupted blob keeps its partial file for the next pull, but
+      // only when it holds bytes: an empty one is nothing to resume from.
+      keep = w.offset > 0 &&
+        (signal?.aborted === true || isNetworkError(e) ||
+          (e instanceof DOMException && e.name === "AbortError"));
       // A concurrent writer of the same blob may have committed it under us
       // (the store releases the ingest lock just before its rename): what is
       // in blobs/ was verified by that writer, so it is as good as ours.
@@ -465,6 +523,60 @@ class BatchWriter {
   }
 }
 
+/**
+ * Source streams handed to an upload, kept stoppable: `fetch` cancels a
+ * request body neither when the server answers before reading it all nor
+ * at once when the request is aborted (it may go on pulling it for a while),
+ * and then the source (a store file, a connection to another registry) would
+ * still be read after the transfer returned.
+ */
+class OwnedStreams {
+  #open = new Set<{ stop(): Promise<void> }>();
+
+  wrap(stream: ReadableStream<Uint8Array>): ReadableStream<Uint8Array> {
+    const reader = stream.getReader();
+    let pending: Promise<unknown> = Promise.resolve();
+    let ctl!: ReadableStreamDefaultController<Uint8Array>;
+    const entry = {
+      stop: async () => {
+        this.#open.delete(entry);
+        // Queued chunks are dropped and whoever reads gets an error, never a
+        // clean end (which would look like a short blob).
+        try {
+          ctl.error(new DOMException("the transfer was stopped", "AbortError"));
+        } catch { /* already closed */ }
+        await reader.cancel().catch(() => {});
+        // A read in flight holds the source (the file stays open) until it ends.
+        await pending.catch(() => {});
+      },
+    };
+    this.#open.add(entry);
+    return new ReadableStream<Uint8Array>({
+      start: (c) => {
+        ctl = c;
+      },
+      pull: async (c) => {
+        const read = reader.read();
+        pending = read;
+        const { done, value } = await read;
+        if (!this.#open.has(entry)) return;
+        if (!done) return c.enqueue(value);
+        this.#open.delete(entry);
+        c.close();
+      },
+      cancel: async (reason) => {
+        this.#open.delete(entry);
+        await reader.cancel(reason);
+      },
+    });
+  }
+
+  /** Stops every stream still open; settles once none reads its source any more. */
+  async stopAll(): Promise<void> {
+    await Promise.allSettled([...this.#open].map((e) => e.stop()));
+  }
+}
+
 // ---- a remote repository ----
 
 export class RemoteSource implements CopySource {
@@ -510,24 +622,35 @@ export class RemoteTarget implements CopyTarget {
     const { signal, emit } = options;
     const mountFrom = src.remote?.registry === this.#repo.registry ? src.remote.name : undefined;
     let started = false;
-    return await this.#repo.pushBlob(desc, (offset) => {
-      if (!started) {
-        started = true;
-        emit({
-          type: "blob-start",
-          digest: desc.digest,
-          size: desc.size,
-          offset,
-          mediaType: desc.mediaType,
-        });
-      }
-      return src.openBlob(desc, offset, signal);
-    }, {
-      signal,
-      mountFrom,
-      onProgress: (bytes) =>
-        emit({ type: "blob-progress", digest: desc.digest, size: desc.size, bytes }),
-    });
+    let live = true;
+    const opened = new OwnedStreams();
+    try {
+      return await this.#repo.pushBlob(desc, async (offset) => {
+        if (!started) {
+          started = true;
+          emit({
+            type: "blob-start",
+            digest: desc.digest,
+            size: desc.size,
+            offset,
+            mediaType: desc.mediaType,
+          });
+        }
+        return opened.wrap(await src.openBlob(desc, offset, signal));
+      }, {
+        signal,
+        mountFrom,
+        onProgress: (bytes) => {
+          if (live) emit({ type: "blob-progress", digest: desc.digest, size: desc.size, bytes });
+        },
+      });
+    } finally {
+      live = false;
+      // The upload has settled: whatever fetch still holds of the source
+      // (a body the registry answered early, an aborted request) is stopped
+      // here, so the source file or connection is closed when we return.
+      await opened.stopAll();
+    }
   }
 
   async pushManifest(
@@ -654,7 +777,58 @@ export class DirSource implements CopySource {
         cause,
       });
     }
-    if (offset > 0) await f.seek(offset, Deno.SeekMode.Start);
-    return f.readable;
+    return fileStream(f, offset);
   }
+}
+
+const READ_CHUNK = 1 << 20;
+
+/**
+ * A file's bytes from `offset` as a stream that closes the file on end,
+ * error or cancel. Unlike `FsFile.readable`, cancelling it waits for the
+ * read in flight and closes the file before it settles, so a stopped upload
+ * holds no descriptor of the store. One chunk is read ahead.
+ */
+export async function fileStream(
+  file: Deno.FsFile,
+  offset = 0,
+): Promise<ReadableStream<Uint8Array>> {
+  let closed = false;
+  let inflight: Promise<unknown> = Promise.resolve();
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    file.close();
+  };
+  try {
+    if (offset > 0) await file.seek(offset, Deno.SeekMode.Start);
+  } catch (e) {
+    close();
+    throw e;
+  }
+  return new ReadableStream<Uint8Array>({
+    async pull(ctl) {
+      const buf = new Uint8Array(READ_CHUNK);
+      const read = file.read(buf);
+      inflight = read;
+      let n: number | null;
+      try {
+        n = await read;
+      } catch (e) {
+        close();
+        throw e;
+      }
+      if (closed) return;
+      if (n === null) {
+        close();
+        ctl.close();
+      } else {
+        ctl.enqueue(buf.subarray(0, n));
+      }
+    },
+    async cancel() {
+      await inflight.catch(() => {});
+      close();
+    },
+  }, { highWaterMark: 1 });
 }
