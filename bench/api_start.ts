@@ -14,7 +14,7 @@
 import { parseArgs } from "node:util";
 import { join } from "node:path";
 import { Controller, createHandler, listen, OvmsClient } from "../src/api/mod.ts";
-import { WarmPool } from "../src/runtime/snapshot.ts";
+import { WarmPool } from "../src/runtime/mod.ts";
 import { counterHome, lastCount } from "../tests/_helpers/snapshot.ts";
 
 const { values } = parseArgs({

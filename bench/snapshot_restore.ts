@@ -16,9 +16,9 @@
  */
 import { parseArgs } from "node:util";
 import { removeInstance, startInstance, stopInstance } from "../src/runtime/mod.ts";
-import { snapshotInstance, WarmPool } from "../src/runtime/snapshot.ts";
-import { dropTemplate } from "../src/runtime/restore.ts";
-import { instancePaths } from "../src/runtime/instance.ts";
+import { snapshotInstance, WarmPool } from "../src/runtime/mod.ts";
+import { dropTemplate } from "../src/runtime/mod.ts";
+import { instancePaths } from "../src/runtime/mod.ts";
 import { loadArtifact } from "../src/store/mod.ts";
 import { counterHome, lastCount } from "../tests/_helpers/snapshot.ts";
 

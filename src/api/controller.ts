@@ -8,11 +8,10 @@
  * started detached and recorded in its state.json, so a restarted server
  * reattaches to what the last one left running.
  */
-import { ConflictError, describeError, NotFoundError, ValidationError } from "../errors.ts";
+import { AlreadyExistsError, describeError, NotFoundError, ValidationError } from "../errors.ts";
 import type { ContentStore } from "../store/mod.ts";
-import { loadArtifact } from "../store/mod.ts";
 import {
-  followConsole,
+  assertAllowed,
   getInstance,
   importExportDir,
   type InstanceState,
@@ -22,22 +21,26 @@ import {
   listInstances,
   newInstanceId,
   removeInstance,
+  snapshotInstance,
+  type StartClaim,
   startInstance,
   stopInstance,
+  TransitionRefusedError,
+  type VmState,
+  type WarmPool,
 } from "../runtime/mod.ts";
+import { pidAlive } from "../process/mod.ts";
 import { enforcePolicy } from "../sign/mod.ts";
-import { snapshotInstance, type WarmPool } from "../runtime/snapshot.ts";
 import { parseReference } from "../oci/reference.ts";
 import { adapterNames } from "../vmm/mod.ts";
-import { exists } from "../util/fs.ts";
 import { VERSION } from "../version.ts";
 import { cpuTimeMs, diskUsage, memoryUse } from "./metrics.ts";
+import { inject } from "./inject.ts";
+import { logStream } from "./log_stream.ts";
 import {
   API_VERSION,
-  type InjectResponse,
   type InstancesResponse,
   type InstanceSummary,
-  type LogRecord,
   type SnapshotResponse,
   type StartResponse,
   type StatusResponse,
@@ -87,32 +90,33 @@ export interface ControllerOptions {
   pool?: WarmPool;
 }
 
-interface Pending {
-  ref: string;
-  createdAt: string;
-  done: Promise<void>;
+/** What the controller knows of an instance: its state, or the claim of a start not yet resolved. */
+type Known = InstanceState | StartClaim;
+
+function isClaim(k: Known): k is StartClaim {
+  return !("state" in k);
 }
 
-interface Failed {
-  ref: string;
-  createdAt: string;
-  reason: string;
+/** A claim's state: starting while the ovm that claimed it lives, else error. */
+function claimState(c: StartClaim): VmState {
+  return c.reason !== undefined || !pidAlive(c.ownerPid) ? "error" : "starting";
 }
 
 export class Controller {
   readonly home: string;
   readonly #store: ContentStore;
+  readonly #instances: InstanceStore;
   readonly #options: ControllerOptions;
+  /** Work in flight per instance (serialises its actions); no instance state lives here. */
   readonly #queues = new Map<string, Promise<unknown>>();
-  readonly #pending = new Map<string, Pending>();
-  readonly #failed = new Map<string, Failed>();
-  /** Start request to first console output (or to the restored VM running), per instance. */
-  readonly #bootMs = new Map<string, { ms: number; restore?: boolean }>();
+  /** Starts in flight, from the claim to the VM running (actions on a claim wait for them). */
+  readonly #starts = new Map<string, Promise<unknown>>();
   readonly #closing = new AbortController();
 
   constructor(store: ContentStore, options: ControllerOptions = {}) {
     this.#store = store;
     this.home = store.paths.home;
+    this.#instances = new InstanceStore(this.home);
     this.#options = options;
   }
 
@@ -127,11 +131,8 @@ export class Controller {
 
   /** Resolves when every queued action has finished (graceful shutdown waits for it). */
   async drain(): Promise<void> {
-    while (this.#queues.size || this.#pending.size) {
-      await Promise.allSettled([
-        ...this.#queues.values(),
-        ...[...this.#pending.values()].map((p) => p.done),
-      ]);
+    while (this.#queues.size || this.#starts.size) {
+      await Promise.allSettled([...this.#queues.values(), ...this.#starts.values()]);
     }
   }
 
@@ -154,7 +155,11 @@ export class Controller {
       case "status":
         return { status: 200, body: await this.#status(action.id) };
       case "logs":
-        return { status: 200, stream: await this.#logs(action) };
+        await this.#known(action.id);
+        return {
+          status: 200,
+          stream: logStream(this.home, { ...action, closing: this.#closing.signal }),
+        };
       case "start":
         return await this.#start(action);
       case "stop":
@@ -165,18 +170,17 @@ export class Controller {
           body: await this.#serial(action.id, () => this.#snapshot(action)),
         };
       case "inject":
-        return { status: 200, body: await this.#serial(action.id, () => this.#inject(action)) };
+        return {
+          status: 200,
+          body: await this.#serial(action.id, async () => {
+            return await inject(await this.#running(action.id, "inject"), action);
+          }),
+        };
       case "delete":
         return {
           status: 200,
           body: await this.#serial(action.id, async () => {
-            if (this.#failed.has(action.id) && !(await this.#onDisk(action.id))) {
-              this.#failed.delete(action.id);
-            } else {
-              await removeInstance(this.home, action.id, { force: action.force });
-              this.#failed.delete(action.id);
-              this.#bootMs.delete(action.id);
-            }
+            await this.#delete(action.id, action.force);
             return { instance_id: action.id, removed: true };
           }),
         };
@@ -195,20 +199,30 @@ export class Controller {
     return run;
   }
 
-  async #onDisk(id: string): Promise<boolean> {
-    return await exists(new InstanceStore(this.home).paths(id).state);
-  }
-
-  /** The instance's state, counting a start still resolving and a start that failed before a state existed. */
-  async #state(id: string): Promise<InstanceState | Pending | Failed> {
+  /**
+   * The instance's state (read, never written), or the claim of a start
+   * without one yet. With `settled`, a start this server has in flight is
+   * waited for first (a stop waits for the start before it).
+   */
+  async #known(id: string, options: { settled?: boolean } = {}): Promise<Known> {
+    if (options.settled) await this.#starts.get(id)?.catch(() => {});
     try {
       return await getInstance(this.home, id);
     } catch (e) {
       if (!(e instanceof NotFoundError)) throw e;
-      const p = this.#pending.get(id) ?? this.#failed.get(id);
-      if (p) return p;
+      const claim = await this.#instances.readClaim(id);
+      if (claim) return claim;
       throw e;
     }
+  }
+
+  async #delete(id: string, force: boolean): Promise<void> {
+    await this.#starts.get(id)?.catch(() => {});
+    const claim = await this.#instances.readClaim(id);
+    if (!claim) return await removeInstance(this.home, id, { force });
+    // A start that has no state yet: gone once it failed (or its ovm died).
+    assertAllowed(id, claimState(claim), "remove");
+    await this.#instances.remove(id);
   }
 
   async #start(a: Extract<Action, { kind: "start" }>): Promise<ActionResult> {
@@ -222,63 +236,44 @@ export class Controller {
         hint: `available: ${adapterNames().join(", ")}`,
       });
     }
-    const id = a.name ?? newInstanceId();
-    // Claim the id synchronously: two concurrent starts of one name cannot both pass.
-    if (this.#pending.has(id) || this.#queues.has(id)) {
-      throw new ConflictError(`Instance "${id}" already exists`, {
+    const requestedAt = Date.now();
+    const claim: StartClaim = {
+      schemaVersion: 1,
+      id: a.name ?? newInstanceId(),
+      ref: a.manifest,
+      createdAt: new Date(requestedAt).toISOString(),
+      ownerPid: Deno.pid,
+    };
+    const id = claim.id;
+    // The id is claimed on disk, exclusively: two starts of one name cannot both pass.
+    await this.#instances.claim(claim).catch((e) => {
+      if (!(e instanceof AlreadyExistsError)) throw e;
+      throw new AlreadyExistsError(`Instance "${id}" already exists`, {
+        cause: e,
         hint: "pick another name, or remove it with DELETE /instances/{id}",
       });
-    }
-    const createdAt = new Date().toISOString();
-    let release!: () => void;
-    const pending: Pending = {
-      ref: a.manifest,
-      createdAt,
-      done: new Promise<void>((r) => (release = r)),
-    };
-    this.#pending.set(id, pending);
+    });
+    const marks = [performance.now()];
+    let done!: () => void;
+    const inFlight = new Promise<void>((r) => (done = r));
+    this.#starts.set(id, inFlight);
+    inFlight.then(() => this.#starts.delete(id));
     let admittedRef: string;
-    const marks: number[] = [];
     try {
-      marks.push(performance.now());
-      // (A waiting start learns it from the store's exclusive create instead.)
-      if (!a.wait && await this.#onDisk(id)) {
-        throw new ConflictError(`Instance "${id}" already exists`, {
-          hint: "pick another name, or remove it with DELETE /instances/{id}",
-        });
-      }
-      const ref = await isExportDir(a.manifest)
-        ? await importExportDir(this.#store, a.manifest)
-        : a.manifest;
-      const admitted = await enforcePolicy(ref, {
-        kind: "start",
-        home: this.home,
-        store: this.#store,
-        policyFile: this.#options.policyFile,
-        warn: this.#options.note,
-      });
-      marks.push(performance.now());
-      admittedRef = admitted?.pinned ?? ref;
-      // Resolve now (an index lookup): an unknown manifest is a 404 to this
-      // request, not a failed start later. A waiting request gets the start's
-      // own error anyway.
-      if (!a.wait) await this.#store.resolve(admittedRef);
-      marks.push(performance.now());
-      this.#failed.delete(id);
+      admittedRef = await this.#admit(a, claim, marks);
     } catch (e) {
-      this.#pending.delete(id);
-      release();
+      done();
       throw e;
     }
-    const t0 = performance.now();
     let inStart = 0;
-    let s0q = 0;
+    let queuedAt = 0;
     const boot = this.#serial(id, async () => {
-      const s0 = performance.now();
-      s0q = s0;
+      queuedAt = performance.now();
       try {
         const started = await startInstance(this.#store, admittedRef, {
           name: id,
+          claimed: true,
+          requestedAt,
           detach: true,
           memoryBytes: a.memoryBytes,
           cpus: a.cpus,
@@ -290,17 +285,15 @@ export class Controller {
         });
         // The VM belongs to its state.json from here: it outlives this server.
         started.vm.release();
-        inStart = performance.now() - s0;
-        this.#bootMs.set(id, { ms: performance.now() - t0 });
+        inStart = performance.now() - queuedAt;
         return started.state;
       } catch (e) {
-        if (!a.wait && !(await this.#onDisk(id))) {
-          this.#failed.set(id, { ref: a.manifest, createdAt, reason: describeError(e) });
-        }
+        // A waiting request gets the error; an accepted one leaves it on disk.
+        if (a.wait) await this.#dropClaim(id);
+        else await this.#instances.failClaim(claim, describeError(e));
         throw e;
       } finally {
-        this.#pending.delete(id);
-        release();
+        done();
       }
     });
     if (!a.wait) {
@@ -316,18 +309,50 @@ export class Controller {
         start: inStart,
         admit: marks[1] - marks[0],
         resolve: marks[2] - marks[1],
-        queue: s0q - marks[2],
+        queue: queuedAt - marks[2],
       },
     };
   }
 
-  async #stop(a: Extract<Action, { kind: "stop" }>): Promise<StopResponse> {
-    const state = await this.#state(a.id);
-    if (!("id" in state) || !isActive(state)) {
-      throw new ConflictError(`Instance "${a.id}" is ${"id" in state ? state.state : "error"}`, {
-        hint: "only a starting, running or paused instance can be stopped",
+  /** Imports an export directory, applies the admission policy, resolves the ref. */
+  async #admit(
+    a: Extract<Action, { kind: "start" }>,
+    claim: StartClaim,
+    marks: number[],
+  ): Promise<string> {
+    try {
+      const ref = await isExportDir(a.manifest)
+        ? await importExportDir(this.#store, a.manifest)
+        : a.manifest;
+      const admitted = await enforcePolicy(ref, {
+        kind: "start",
+        home: this.home,
+        store: this.#store,
+        policyFile: this.#options.policyFile,
+        warn: this.#options.note,
       });
+      marks.push(performance.now());
+      const admittedRef = admitted?.pinned ?? ref;
+      // Resolve now (an index lookup): an unknown manifest is a 404 to this
+      // request, not a failed start later. A waiting request gets the start's
+      // own error anyway.
+      if (!a.wait) await this.#store.resolve(admittedRef);
+      marks.push(performance.now());
+      return admittedRef;
+    } catch (e) {
+      await this.#dropClaim(claim.id);
+      throw e;
     }
+  }
+
+  /** Removes a start's claim when no state was written for it. */
+  async #dropClaim(id: string): Promise<void> {
+    if (await this.#instances.readClaim(id)) await this.#instances.remove(id).catch(() => {});
+  }
+
+  async #stop(a: Extract<Action, { kind: "stop" }>): Promise<StopResponse> {
+    const known = await this.#known(a.id, { settled: true });
+    assertAllowed(a.id, isClaim(known) ? claimState(known) : known.state, "stop");
     const s = await stopInstance(this.home, a.id, {
       timeoutMs: a.timeoutMs ?? 10_000,
       force: a.force,
@@ -341,15 +366,11 @@ export class Controller {
     };
   }
 
-  async #running(id: string, what: string): Promise<InstanceState> {
-    const state = await this.#state(id);
-    if (!("id" in state) || (state.state !== "running" && state.state !== "paused")) {
-      throw new ConflictError(
-        `Cannot ${what} instance "${id}": it is ${"id" in state ? state.state : "error"}`,
-        { hint: "only a running or paused instance accepts this" },
-      );
-    }
-    return state;
+  async #running(id: string, action: "snapshot" | "inject"): Promise<InstanceState> {
+    const known = await this.#known(id, { settled: true });
+    if (isClaim(known)) throw new TransitionRefusedError(id, claimState(known), action);
+    assertAllowed(id, known.state, action);
+    return known;
   }
 
   async #snapshot(a: Extract<Action, { kind: "snapshot" }>): Promise<SnapshotResponse> {
@@ -381,73 +402,49 @@ export class Controller {
     };
   }
 
-  async #inject(a: Extract<Action, { kind: "inject" }>): Promise<InjectResponse> {
-    const state = await this.#running(a.id, "inject into");
-    const dev = state.devices.find((d) => d.name === a.device);
-    if (!dev || !dev.hostPath) {
-      throw new NotFoundError(`Instance "${a.id}" has no device "${a.device}"`, {
-        hint: `its devices: ${state.devices.map((d) => d.name).join(", ") || "none"}`,
-      });
-    }
-    if (a.offset + a.data.byteLength > dev.size) {
-      throw new ValidationError(
-        `Writing ${a.data.byteLength} bytes at offset ${a.offset} overflows device "${a.device}" (${dev.size} bytes)`,
-        { hint: "keep offset + length within the region" },
-      );
-    }
-    await writeRegion(dev.hostPath, a.offset, a.data);
-    return {
-      instance_id: a.id,
-      device: a.device,
-      offset: a.offset,
-      bytes_written: a.data.byteLength,
-    };
-  }
-
-  #summary(s: InstanceState | Pending | Failed, id: string): InstanceSummary {
-    if (!("id" in s)) {
+  #summary(k: Known): InstanceSummary {
+    if (isClaim(k)) {
+      const state = claimState(k);
+      const reason = k.reason ??
+        (state === "error" ? `ovm (pid ${k.ownerPid}) exited while starting the VM` : undefined);
       return {
-        instance_id: id,
-        state: "reason" in s ? "error" : "starting",
-        ...("reason" in s ? { reason: s.reason } : {}),
-        manifest: s.ref,
-        created_at: s.createdAt,
+        instance_id: k.id,
+        state,
+        ...(reason ? { reason } : {}),
+        manifest: k.ref,
+        created_at: k.createdAt,
       };
     }
     return {
-      instance_id: s.id,
-      state: s.state,
-      ...(s.reason ? { reason: s.reason } : {}),
-      manifest: s.ref,
-      manifest_digest: s.manifestDigest,
-      name: s.name,
-      version: s.version,
-      runtime: s.adapter,
-      ...(s.pid && isActive(s) ? { pid: s.pid } : {}),
-      created_at: s.createdAt,
-      ...(s.exitCode !== undefined ? { exit_code: s.exitCode } : {}),
+      instance_id: k.id,
+      state: k.state,
+      ...(k.reason ? { reason: k.reason } : {}),
+      manifest: k.ref,
+      manifest_digest: k.manifestDigest,
+      name: k.name,
+      version: k.version,
+      runtime: k.adapter,
+      ...(k.pid && isActive(k) ? { pid: k.pid } : {}),
+      created_at: k.createdAt,
+      ...(k.exitCode !== undefined ? { exit_code: k.exitCode } : {}),
     };
   }
 
   async #list(): Promise<InstancesResponse> {
-    const disk = await listInstances(this.home);
-    const seen = new Set(disk.map((s) => s.id));
-    const out = disk.map((s) => this.#summary(s, s.id));
-    for (const [id, p] of [...this.#pending, ...this.#failed]) {
-      if (!seen.has(id)) {
-        seen.add(id);
-        out.push(this.#summary(p, id));
-      }
-    }
-    return { instances: out };
+    const known: Known[] = [
+      ...await listInstances(this.home),
+      ...await this.#instances.listClaims(),
+    ];
+    known.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    return { instances: known.map((k) => this.#summary(k)) };
   }
 
   async #status(id: string): Promise<StatusResponse> {
-    const s = await this.#state(id);
-    const dir = new InstanceStore(this.home).paths(id).dir;
-    if (!("id" in s)) {
+    const s = await this.#known(id);
+    const dir = this.#instances.paths(id).dir;
+    if (isClaim(s)) {
       return {
-        ...this.#summary(s, id),
+        ...this.#summary(s),
         uptime_ms: null,
         devices: [],
         metrics: {
@@ -462,19 +459,11 @@ export class Controller {
       };
     }
     const live = isActive(s) && s.pid !== undefined;
-    const boot = this.#bootMs.get(id);
-    if (boot && boot.restore === undefined) {
-      // Whether the start restored a RAM snapshot: learnt once, off the start's path.
-      boot.restore = await loadArtifact(this.#store, s.manifestDigest).then(
-        (a) => a.manifest.ramSnapshot !== undefined,
-        () => false,
-      );
-    }
     const mem = live ? await memoryUse(s.pid!) : { rss: null, pss: null };
     const started = s.startedAt ? Date.parse(s.startedAt) : undefined;
     const end = isActive(s) ? Date.now() : s.stoppedAt ? Date.parse(s.stoppedAt) : undefined;
     return {
-      ...this.#summary(s, id),
+      ...this.#summary(s),
       uptime_ms: started !== undefined && end !== undefined ? Math.max(0, end - started) : null,
       accel: s.accel,
       memory_bytes: s.memoryBytes,
@@ -486,84 +475,10 @@ export class Controller {
         pss_bytes: mem.pss,
         disk_bytes: await diskUsage(dir),
         start_ms: started !== undefined ? Math.max(0, started - Date.parse(s.createdAt)) : null,
-        boot_ms: boot?.ms ?? null,
-        restore_ms: boot?.restore ? boot.ms : null,
+        boot_ms: s.bootMs ?? null,
+        restore_ms: s.restored ? s.bootMs ?? null : null,
       },
     };
-  }
-
-  async #logs(a: Extract<Action, { kind: "logs" }>): Promise<ReadableStream<Uint8Array>> {
-    await this.#state(a.id);
-    const home = this.home;
-    const path = new InstanceStore(home).paths(a.id).consoleLog;
-    const closing = this.#closing.signal;
-    const stop = new AbortController();
-    const abort = () => stop.abort();
-    closing.addEventListener("abort", abort, { once: true });
-    a.signal?.addEventListener("abort", abort, { once: true });
-    const enc = new TextEncoder();
-    const dec = new TextDecoder();
-    let pending = new Uint8Array(0);
-    let lineStart = a.offset;
-    return new ReadableStream<Uint8Array>({
-      async start(ctrl) {
-        const emit = (rec: LogRecord) => {
-          try {
-            ctrl.enqueue(enc.encode(JSON.stringify(rec) + "\n"));
-          } catch {
-            stop.abort();
-          }
-        };
-        const flushLines = (final: boolean) => {
-          let nl: number;
-          while ((nl = pending.indexOf(0x0a)) >= 0) {
-            const text = dec.decode(pending.subarray(0, nl)).replace(/\r$/, "");
-            emit({ offset: lineStart, line: text });
-            lineStart += nl + 1;
-            pending = pending.slice(nl + 1);
-          }
-          if (final && pending.byteLength) {
-            emit({ offset: lineStart, line: dec.decode(pending).replace(/\r$/, "") });
-            lineStart += pending.byteLength;
-            pending = new Uint8Array(0);
-          }
-        };
-        let lastCheck = 0;
-        let active = true;
-        try {
-          await followConsole(path, (chunk) => {
-            const next = new Uint8Array(pending.byteLength + chunk.byteLength);
-            next.set(pending);
-            next.set(chunk, pending.byteLength);
-            pending = next;
-            flushLines(false);
-          }, {
-            offset: a.offset,
-            signal: stop.signal,
-            until: async () => {
-              if (!a.follow) return true;
-              if (Date.now() - lastCheck > 250) {
-                lastCheck = Date.now();
-                active = await getInstance(home, a.id).then(isActive, () => false);
-              }
-              return !active;
-            },
-          });
-          flushLines(true);
-          ctrl.close();
-        } catch (e) {
-          try {
-            ctrl.error(e);
-          } catch { /* already cancelled */ }
-        } finally {
-          closing.removeEventListener("abort", abort);
-          a.signal?.removeEventListener("abort", abort);
-        }
-      },
-      cancel() {
-        stop.abort();
-      },
-    });
   }
 }
 
@@ -574,32 +489,6 @@ export class NotImplementedError extends Error {
     super(message);
     this.name = "NotImplementedError";
   }
-}
-
-/**
- * Writes into an ivshmem region's host file. The file lives in world-writable
- * /dev/shm and belongs to the VMM's uid, so the path is checked to be the same
- * regular file before and after opening (no symlink or swapped file), and
- * never created or truncated.
- */
-async function writeRegion(path: string, offset: number, data: Uint8Array): Promise<void> {
-  const before = await Deno.lstat(path).catch((e) => {
-    throw new ConflictError(`The region file "${path}" is gone`, { cause: e });
-  });
-  if (!before.isFile) {
-    throw new ConflictError(`The region file "${path}" is not a regular file`);
-  }
-  using f = await Deno.open(path, { write: true });
-  const after = await f.stat();
-  if (after.ino !== before.ino || after.dev !== before.dev || !after.isFile) {
-    throw new ConflictError(`The region file "${path}" changed while opening it`);
-  }
-  if (offset + data.byteLength > after.size) {
-    throw new ValidationError(`The region file "${path}" is smaller than the write`);
-  }
-  await f.seek(offset, Deno.SeekMode.Start);
-  let off = 0;
-  while (off < data.byteLength) off += await f.write(data.subarray(off));
 }
 
 /** Docker's rule: a first component with a dot, a colon, or "localhost" names a registry. */

@@ -4,8 +4,7 @@
  */
 import { join } from "node:path";
 import { type Digest, isDigest } from "../manifest/mod.ts";
-import { pruneTemplates } from "../runtime/restore.ts";
-import { getInstance, isActive } from "../runtime/mod.ts";
+import { getInstance, isActive, pruneTemplates } from "../runtime/mod.ts";
 import { netPaths, pruneNetworks } from "../net/mod.ts";
 import { exists } from "../util/fs.ts";
 import { formatBytes } from "../util/size.ts";

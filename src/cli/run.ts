@@ -18,7 +18,7 @@ import {
   stopInstance,
   waitInstance,
 } from "../runtime/mod.ts";
-import { parseAccel } from "../vmm/qemu/accel.ts";
+import { parseAccel } from "../vmm/accel.ts";
 import { formatBytes, parseSize } from "../util/size.ts";
 import { bool, type Command, str, strs } from "./command.ts";
 import { parseEntrypointFlag } from "../convert/bootstrap.ts";
@@ -211,16 +211,13 @@ export const runCommand: Command = {
       warn: (m) => ctx.out.warn(m),
     }).catch(() => {});
     for (const d of started.state.devices) {
-      if (started.state.adapter !== "qemu") {
-        ctx.out.info(
-          `${d.type} ${d.name} (${formatBytes(d.size)}): ${d.guestLocation ?? d.mmioAddr}`,
-        );
-        continue;
-      }
-      // QEMU places BARs itself: say where the region really is (spec 7.5).
+      // A region with a host file: say where it is on both sides (the backend
+      // may place it itself, spec 7.5); else the backend's own words.
       ctx.out.info(
-        `${d.type} ${d.name}: host ${d.hostPath} (${formatBytes(d.size)}); guest: PCI 1af4:1110 ` +
-          `BAR2 (mmio_addr ${d.mmioAddr} is advisory on qemu)`,
+        d.hostPath
+          ? `${d.type} ${d.name}: host ${d.hostPath} (${formatBytes(d.size)}); guest: ` +
+            `${d.guestLocation ?? d.mmioAddr} (mmio_addr ${d.mmioAddr} is advisory)`
+          : `${d.type} ${d.name} (${formatBytes(d.size)}): ${d.guestLocation ?? d.mmioAddr}`,
       );
     }
     for (const p of started.state.network.publish) {

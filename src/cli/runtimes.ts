@@ -8,9 +8,6 @@
 import type { ContentStore } from "../store/mod.ts";
 import { loadArtifact } from "../store/mod.ts";
 import { adapterNames, getAdapter, loadRuntimes } from "../vmm/mod.ts";
-import { CliRuntimeAdapter } from "../vmm/descriptor/mod.ts";
-import { probeVersion } from "../vmm/http_unix.ts";
-import { QemuAdapter } from "../vmm/qemu/mod.ts";
 import type { AdapterCapabilities } from "../vmm/adapter.ts";
 import type { Command } from "./command.ts";
 
@@ -31,18 +28,15 @@ export async function listRuntimes(home: string): Promise<RuntimeInfo[]> {
   const out: RuntimeInfo[] = [];
   for (const name of adapterNames()) {
     const a = getAdapter(name);
-    const av = await a.available();
-    // QEMU's available() skips the probe (it runs on every `ovm run`); here it is wanted.
-    if (av.ok && av.version === "unknown" && a instanceof QemuAdapter) {
-      av.version = await probeVersion(Deno.env.get("OVM_QEMU") ?? "qemu-system-x86_64");
-    }
+    // Some backends skip the version probe on the start path; here it is wanted.
+    const av = await a.available({ probeVersion: true });
     out.push({
       name,
-      kind: a instanceof CliRuntimeAdapter ? "descriptor" : "adapter",
+      kind: a.kind,
       installed: av.ok,
       ...(av.ok ? { version: av.version } : { reason: av.reason }),
       capabilities: a.capabilities,
-      restoreKinds: a instanceof CliRuntimeAdapter ? a.restoreKinds : a.capabilities.snapshotKinds,
+      restoreKinds: a.capabilities.restoreKinds,
     });
   }
   return out;

@@ -8,7 +8,7 @@
 import { ValidationError } from "../errors.ts";
 import { Controller, createHandler, defaultSocketPath, listen } from "../api/mod.ts";
 import { isActive, listInstances, stopInstance } from "../runtime/mod.ts";
-import { WarmPool } from "../runtime/snapshot.ts";
+import { WarmPool } from "../runtime/mod.ts";
 import { bool, type Command, str, strs } from "./command.ts";
 
 export const serveCommand: Command = {

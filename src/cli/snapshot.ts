@@ -5,7 +5,7 @@
  * on the new ref restores it (spec §8).
  */
 import { ValidationError } from "../errors.ts";
-import { snapshotInstance } from "../runtime/snapshot.ts";
+import { snapshotInstance } from "../runtime/mod.ts";
 import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 

@@ -5,7 +5,7 @@
  * socket or shared-memory file.
  */
 import { ValidationError } from "../errors.ts";
-import { stopInstance } from "../runtime/mod.ts";
+import { assertAllowed, getInstance, stopInstance } from "../runtime/mod.ts";
 import { findServer, SOCKET_OPTION } from "../api/client.ts";
 import { bool, type Command, str } from "./command.ts";
 
@@ -46,6 +46,8 @@ export const stopCommand: Command = {
     }
     const results = [];
     for (const id of input.args) {
+      // The state machine the API answers with: an ended instance is refused.
+      assertAllowed(id, (await getInstance(ctx.home, id)).state, "stop");
       const s = await stopInstance(ctx.home, id, {
         timeoutMs: t * 1000,
         force: bool(input, "force"),

@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { BootstrapConfigSchema, ManifestSchema } from "./schema.ts";
 import { PolicySchema } from "../sign/policy_schema.ts";
+import { RestoreRecordSchema } from "../runtime/mod.ts";
 
 const BASE = "https://ovms.dev/schemas";
 
@@ -19,6 +20,7 @@ export function jsonSchemas(): Record<string, unknown> {
     "manifest.v1.json": gen(ManifestSchema, "manifest.v1.json"),
     "bootstrap.config.v1.json": gen(BootstrapConfigSchema, "bootstrap.config.v1.json"),
     "policy.v1.json": gen(PolicySchema, "policy.v1.json"),
+    "restore-record.v1.json": gen(RestoreRecordSchema, "restore-record.v1.json"),
   };
 }
 

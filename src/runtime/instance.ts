@@ -11,17 +11,13 @@ import { AlreadyExistsError, NotFoundError, ValidationError } from "../errors.ts
 import { DigestSchema } from "../manifest/mod.ts";
 import { homePaths } from "../store/mod.ts";
 import { exists, writeJsonAtomic } from "../util/fs.ts";
+import { VM_STATES } from "../vmm/mod.ts";
+import { isActiveState } from "./state_machine.ts";
 
 export const INSTANCE_ID_RE = /^[a-z0-9-]{1,64}$/;
 
-export const VmStateSchema = z.enum([
-  "starting",
-  "running",
-  "paused",
-  "stopping",
-  "stopped",
-  "error",
-]);
+/** The instance states (`state_machine.ts` says which follows which). */
+export const VmStateSchema = z.enum(VM_STATES);
 
 const DeviceStatusSchema = z.object({
   type: z.literal("ivshmem"),
@@ -83,9 +79,34 @@ export const InstanceStateSchema = z.object({
   vm: VmHandleSchema.optional(),
   /** The ovm process that is starting the VM (until the VM's own pid is recorded). */
   ownerPid: z.number().int().positive().optional(),
+  /** Milliseconds from the start request to the guest's first output (or the restored VM running). */
+  bootMs: z.number().nonnegative().optional(),
+  /** Whether the start restored a RAM snapshot. */
+  restored: z.boolean().optional(),
 });
 
 export type InstanceState = z.infer<typeof InstanceStateSchema>;
+
+/**
+ * A start accepted before its artifact is resolved (the API answers 202 at
+ * once): `start.json` in the instance directory until `state.json` exists.
+ * `reason` says why the start failed when it failed before a state existed.
+ */
+export const StartClaimSchema = z.object({
+  schemaVersion: z.literal(1),
+  id: z.string().regex(INSTANCE_ID_RE),
+  ref: z.string(),
+  createdAt: z.string(),
+  ownerPid: z.number().int().positive(),
+  reason: z.string().optional(),
+});
+
+export type StartClaim = z.infer<typeof StartClaimSchema>;
+
+/** True while the instance has a VM (or a start) in flight. */
+export function isActive(state: InstanceState): boolean {
+  return isActiveState(state.state);
+}
 
 export function assertInstanceId(id: string): string {
   if (!INSTANCE_ID_RE.test(id)) {
@@ -101,19 +122,34 @@ export function newInstanceId(): string {
   return [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
 }
 
-/** The files of one instance. */
-export function instancePaths(home: string, id: string) {
-  const dir = join(homePaths(home).instances, assertInstanceId(id));
+/** The files of one VM in directory `dir` (an instance's, or a warm pool's). */
+export interface VmPaths {
+  dir: string;
+  /** Owned by the VMM (and its uid when ovm runs as root). */
+  vmDir: string;
+  consoleLog: string;
+  overlay: string;
+  configDisk: string;
+}
+
+export function vmPaths(dir: string): VmPaths {
   const vmDir = join(dir, "vm");
   return {
     dir,
-    state: join(dir, "state.json"),
-    /** Owned by the VMM (and its uid when ovm runs as root). */
     vmDir,
     consoleLog: join(vmDir, "console.log"),
     overlay: join(vmDir, "overlay.qcow2"),
     configDisk: join(dir, "config.tar"),
   };
+}
+
+/** The files of one instance. */
+export function instancePaths(
+  home: string,
+  id: string,
+): VmPaths & { state: string; claim: string } {
+  const dir = join(homePaths(home).instances, assertInstanceId(id));
+  return { ...vmPaths(dir), state: join(dir, "state.json"), claim: join(dir, "start.json") };
 }
 
 export class InstanceStore {
@@ -187,5 +223,61 @@ export class InstanceStore {
 
   async remove(id: string): Promise<void> {
     await Deno.remove(this.paths(id).dir, { recursive: true });
+  }
+
+  /** Claims `id` for a start whose artifact is not resolved yet (exclusive, like `create`). */
+  async claim(claim: StartClaim): Promise<void> {
+    await this.create(claim.id);
+    try {
+      await writeJsonAtomic(this.paths(claim.id).claim, claim);
+    } catch (e) {
+      await this.remove(claim.id).catch(() => {});
+      throw e;
+    }
+  }
+
+  /** The claim of a start that has no `state.json` yet, if there is one. */
+  async readClaim(id: string): Promise<StartClaim | undefined> {
+    const paths = this.paths(id);
+    if (await exists(paths.state)) return undefined;
+    try {
+      const r = StartClaimSchema.safeParse(JSON.parse(await Deno.readTextFile(paths.claim)));
+      return r.success ? r.data : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Claims of starts that have no `state.json` yet, oldest first. */
+  async listClaims(): Promise<StartClaim[]> {
+    const out: StartClaim[] = [];
+    if (!(await exists(this.dir))) return out;
+    for await (const e of Deno.readDir(this.dir)) {
+      if (!e.isDirectory || !INSTANCE_ID_RE.test(e.name)) continue;
+      const c = await this.readClaim(e.name);
+      if (c) out.push(c);
+    }
+    return out.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+  }
+
+  /** Records why a claimed start failed before it had a state (the directory may be gone). */
+  async failClaim(claim: StartClaim, reason: string): Promise<void> {
+    await Deno.mkdir(this.paths(claim.id).dir, { recursive: true, mode: 0o755 });
+    if (await exists(this.paths(claim.id).state)) return;
+    await writeJsonAtomic(this.paths(claim.id).claim, { ...claim, reason });
+  }
+
+  /**
+   * Makes the claimed (`claimed`) or a new instance directory `id` out of
+   * directory `from` (a warm pool's VM): the files move, open ones stay open.
+   */
+  async adopt(id: string, from: string, options: { claimed?: boolean } = {}): Promise<void> {
+    // A claim moves along (the directory must be empty to be replaced).
+    if (options.claimed) await Deno.rename(this.paths(id).claim, join(from, "start.json"));
+    else await this.create(id);
+    await Deno.rename(from, this.paths(id).dir).catch(async (e) => {
+      if (!options.claimed) await Deno.remove(this.paths(id).dir).catch(() => {});
+      throw e;
+    });
   }
 }

@@ -1,9 +1,20 @@
 /**
  * @module
- * Parsing of run options people type: port publishing (`-p`) and network modes.
+ * The options of a start: parsing what people type (port publishing `-p`,
+ * network modes), {@linkcode StartOptions}, and the small interface a start
+ * reaches a warm pool through ({@linkcode RestorePool}).
  */
 import { ValidationError } from "../errors.ts";
-import type { NetMode, PortMapping } from "../vmm/adapter.ts";
+import type {
+  AccelRequest,
+  NetMode,
+  PortMapping,
+  PreparedVm,
+  StartedVm,
+  VmmAdapter,
+} from "../vmm/mod.ts";
+import type { InstanceState, VmPaths } from "./instance.ts";
+import type { RestoreRecord } from "./restore_record.ts";
 
 const PORT_RE = /^(?:(\d{1,3}(?:\.\d{1,3}){3}):)?(\d{1,5}):(\d{1,5})(?:\/(tcp|udp))?$/;
 
@@ -45,3 +56,79 @@ export function parseNetMode(value: string | undefined, publish: PortMapping[]):
 
 /** The guest address ovm gives a user-mode network (QEMU's slirp defaults). */
 export const USER_NET = { address: "10.0.2.15/24", gateway: "10.0.2.2", dns: "10.0.2.3" };
+
+export interface StartOptions {
+  memoryBytes?: number;
+  cpus?: number;
+  runtime?: string;
+  accel?: AccelRequest;
+  detach?: boolean;
+  name?: string;
+  net?: NetMode;
+  publish?: PortMapping[];
+  /** Replaces the bootstrap config's `cmd` (like `docker run IMAGE CMD...`). */
+  cmd?: string[];
+  /** `--entrypoint`: replaces the entrypoint and drops the config's cmd (convert's `applyOverrides`). */
+  entrypoint?: string[];
+  /** `--env NAME=value` adds or replaces, `--env NAME` unsets. */
+  env?: string[];
+  /** A boot that prints nothing on the console within this bound fails. Default 60 s. */
+  bootTimeoutMs?: number;
+  signal?: AbortSignal;
+  /** Notes for people (accelerator fallback, runtime warnings). */
+  note?: (msg: string) => void;
+  /** Called after each step with its duration (`OVM_TRACE=1 ovm run`; the bench reads it). */
+  trace?: (step: string, ms: number) => void;
+  /** Boot an artifact that has a RAM snapshot cold instead of restoring it. */
+  cold?: boolean;
+  /** A warm pool to take a prepared VM from when restoring a snapshot (spec §8.5). */
+  pool?: RestorePool;
+  /** The caller claimed the instance id already (`InstanceStore.claim`: an API start). */
+  claimed?: boolean;
+  /** When the start was asked for (`Date.now()`), for the recorded `bootMs`. Default: now. */
+  requestedAt?: number;
+}
+
+export interface StartedInstance {
+  state: InstanceState;
+  vm: StartedVm;
+  adapter: VmmAdapter;
+}
+
+export const DEFAULT_MEMORY = 512 * 1024 * 1024;
+
+/** Calls `options.trace` with the time since the previous step. */
+export function stepTimer(
+  options: { trace?: (step: string, ms: number) => void },
+): (name: string) => void {
+  let mark = performance.now();
+  return (name: string) => {
+    const now = performance.now();
+    options.trace?.(name, now - mark);
+    mark = now;
+  };
+}
+
+/** A VM made ready for a snapshot ahead of a start (what a warm pool holds). */
+export interface PreparedRestore {
+  id: string;
+  /** Its directory (moved into `instances/` when a start takes it). */
+  paths: VmPaths;
+  adapter: VmmAdapter;
+  prepared: PreparedVm;
+  artifactDigest: string;
+  /** The record the pool checked when it filled (compatibility, versions). */
+  record: RestoreRecord;
+  /** The device state is loaded; the vCPUs wait for `prepared.resume()`. */
+  loaded: boolean;
+}
+
+/** What a start needs of a warm pool (spec §8.5); `WarmPool` is one. */
+export interface RestorePool {
+  /** A prepared VM for the snapshot with manifest `digest`, if one waits. */
+  take(digest: string): PreparedRestore | undefined;
+  /** Tops the pool up for `digest` in the background (the taker calls it once its start is done). */
+  refill(digest: string): void;
+  /** Stops a prepared VM that will not be used and removes its directory. */
+  discard(vm: PreparedRestore): Promise<void>;
+}

@@ -1,33 +1,30 @@
 /**
  * @module
- * The warm pool (spec §8.5): per snapshot, up to `size` QEMU processes
- * started ahead of time on the snapshot's memory template (`-incoming
- * defer -S`), each with its own overlay and pool directory, with the device
- * state already streamed in and the vCPUs stopped. A start from that
- * snapshot then costs moving the directory into `instances/` and `cont`. The pool refills in the background after every take. It lives
+ * The warm pool (spec §8.5): per snapshot, up to `size` VMMs started ahead
+ * of time on the snapshot's memory template through the backend's two-phase
+ * restore (`prepareRestore` with the vCPUs kept stopped), each with its own
+ * overlay and pool directory, the device state already loaded. A start
+ * from that snapshot then costs moving the directory into `instances/` and
+ * `resume`. The pool refills in the background after every take. It lives
  * in a long-lived process (`ovm serve`, a test, a bench); `close()` stops
- * every waiting QEMU and removes its directory.
+ * every waiting VMM and removes its directory. Starts reach it through the
+ * {@linkcode RestorePool} interface.
  */
 import { join } from "node:path";
+import { ValidationError } from "../errors.ts";
 import { ContentStore, loadArtifact } from "../store/mod.ts";
-import { getAdapter } from "../vmm/mod.ts";
-import type { QemuAdapter } from "../vmm/qemu/adapter.ts";
-import { newInstanceId } from "./instance.ts";
+import { newInstanceId, vmPaths } from "./instance.ts";
 import { pidAlive, processStartTime, signalPid } from "../process/mod.ts";
-import {
-  checkRestore,
-  ensureTemplate,
-  type PreparedRestore,
-  prepareRestore,
-  restorePaths,
-} from "./restore.ts";
+import type { PreparedRestore, RestorePool } from "./options.ts";
+import { checkRestore, prepareRestore, restoringAdapter } from "./restore.ts";
+import { ensureTemplate } from "./template_cache.ts";
 
 interface Target {
   ref: string;
   fill: (id: string) => Promise<PreparedRestore>;
 }
 
-export class WarmPool {
+export class WarmPool implements RestorePool {
   readonly home: string;
   readonly size: number;
   readonly #ready = new Map<string, PreparedRestore[]>();
@@ -60,20 +57,26 @@ export class WarmPool {
     this.#refs.set(ref, digest);
     if (!this.#targets.has(digest)) {
       const checked = await checkRestore(store, artifact, {});
+      const adapter = await restoringAdapter(checked.record);
+      if (!adapter.capabilities.preparedRestore) {
+        throw new ValidationError(
+          `Runtime "${adapter.name}" cannot prepare restores ahead of time: no warm pool for "${ref}"`,
+          { hint: "start the snapshot without a warm pool" },
+        );
+      }
       const template = await ensureTemplate(store, artifact, checked.record, {
         signal: options.signal,
       });
-      const deviceState = await Deno.readFile(template.deviceState);
       this.#targets.set(digest, {
         ref,
         fill: async (id) => {
-          const paths = restorePaths(join(this.home, "pool", id));
-          const incoming = await prepareRestore(store, artifact, {
+          const paths = vmPaths(join(this.home, "pool", id));
+          const { adapter, prepared } = await prepareRestore(store, {
+            artifact,
             id,
             paths,
             record: checked.record,
-            kernel: checked.kernel,
-            initrd: checked.initrd,
+            files: checked.files,
             template,
             paused: true,
           }).catch(async (e) => {
@@ -83,26 +86,27 @@ export class WarmPool {
           const vm: PreparedRestore = {
             id,
             paths,
-            incoming,
-            deviceState,
+            adapter,
+            prepared,
             artifactDigest: digest,
             record: checked.record,
+            loaded: false,
           };
-          // Load the device state now, vCPUs stopped (`-S`): a take is then
-          // only `cont`. Guest time does not advance while it waits.
-          const qemu = getAdapter("qemu") as QemuAdapter;
-          await qemu.loadState(incoming, deviceState, { resume: false }).catch(async (e) => {
-            await discard(vm);
+          // Load the device state now, vCPUs stopped: a take is then only
+          // `resume`. Guest time does not advance while it waits.
+          await prepared.load({ resume: false }).catch(async (e) => {
+            await this.discard(vm);
             throw e;
           });
-          // Who owns this waiting QEMU: a later pool reaps it if this process dies.
+          const handle = prepared.vm.handle;
+          // Who owns this waiting VMM: a later pool reaps it if this process dies.
           await Deno.writeTextFile(
             join(paths.dir, OWNER_FILE),
             JSON.stringify({
               ownerPid: Deno.pid,
               ownerStart: await processStartTime(Deno.pid),
-              pid: incoming.vm.handle.pid,
-              pidStartTime: incoming.vm.handle.pidStartTime,
+              pid: handle.pid,
+              pidStartTime: handle.pidStartTime,
             }),
           );
           return { ...vm, loaded: true };
@@ -151,7 +155,7 @@ export class WarmPool {
         try {
           const vm = await target.fill(newInstanceId());
           if (this.#closed) {
-            await discard(vm);
+            await this.discard(vm);
             return;
           }
           list.push(vm);
@@ -171,9 +175,16 @@ export class WarmPool {
     this.#closed = true;
     await this.settled();
     for (const list of this.#ready.values()) {
-      for (const vm of list.splice(0)) await discard(vm);
+      for (const vm of list.splice(0)) await this.discard(vm);
     }
     await Deno.remove(join(this.home, "pool"), { recursive: true }).catch(() => {});
+  }
+
+  /** Stops a prepared VM that will not be used and removes its directory. */
+  async discard(vm: PreparedRestore): Promise<void> {
+    vm.prepared.close();
+    await vm.adapter.stop(vm.prepared.vm.handle, { force: true }).catch(() => {});
+    await Deno.remove(vm.paths.dir, { recursive: true }).catch(() => {});
   }
 
   async [Symbol.asyncDispose](): Promise<void> {
@@ -181,16 +192,10 @@ export class WarmPool {
   }
 }
 
-async function discard(vm: PreparedRestore): Promise<void> {
-  vm.incoming.qmp.close();
-  await getAdapter("qemu").stop(vm.incoming.vm.handle, { force: true }).catch(() => {});
-  await Deno.remove(vm.paths.dir, { recursive: true }).catch(() => {});
-}
-
 const OWNER_FILE = "owner.json";
 
 /**
- * Kills the waiting QEMUs of pools whose process died without `close()` (a
+ * Kills the waiting VMMs of pools whose process died without `close()` (a
  * SIGKILLed `ovm serve`) and removes their directories. Returns how many.
  */
 export async function reapStalePools(dir: string): Promise<number> {

@@ -1,67 +1,37 @@
 /**
  * @module
  * RAM snapshots of running instances (`ovm snapshot`, the API's /snapshot):
- * the guest is paused, QEMU's device state streamed out (migration with
- * `x-ignore-shared`, so guest RAM stays in its memory file), the memory file
- * and the writable disk overlay captured while the guest stays paused, and a
- * new OVMS artifact written: the same kernel, initrd and layers, plus the
- * overlay as a new diff layer and the ramsnap blob, `subject` → the base.
- *
- * The restore-compatibility record (spec §8.1) travels twice: in the ramsnap
- * header's metadata (with the bytes it describes) and in the manifest's
- * annotations (readable before the blob is pulled or decoded).
+ * the adapter pauses the guest and saves its device state, guest RAM, root
+ * disk and boot command line; the RAM is copied (sparsely) into what becomes
+ * the snapshot's memory template while the guest stays paused; then the
+ * source resumes (or stops) and the new OVMS artifact is written: the same
+ * kernel, initrd and layers, plus the disk as a new diff layer (or the whole
+ * disk, when the backend flattened it) and the ramsnap blob, `subject` → the
+ * base. The restore record (`restore_record.ts`) travels in the ramsnap
+ * header's metadata and in the manifest's annotations.
  */
 import { join } from "node:path";
-import { ConflictError, ValidationError } from "../errors.ts";
-import { type Digest, type Manifest, validate } from "../manifest/mod.ts";
+import { ValidationError } from "../errors.ts";
+import { type DiskLayer, type Manifest, validate } from "../manifest/mod.ts";
 import { ManifestSchema } from "../manifest/schema.ts";
 import { diskTarStream, readQcow2Header } from "../disk/mod.ts";
-import { ContentStore, loadArtifact, parseLocalRef, writeArtifact } from "../store/mod.ts";
+import {
+  type Artifact,
+  ContentStore,
+  loadArtifact,
+  parseLocalRef,
+  writeArtifact,
+} from "../store/mod.ts";
 import { encodeRamsnap, RAMSNAP_VERSION } from "../snapshot/mod.ts";
-import { SystemAnnotations } from "../system/snapshot.ts";
+import { SystemAnnotations } from "../system/mod.ts";
 import { pushFromStore } from "../oci/mod.ts";
-import { getAdapter, type VmHandle } from "../vmm/mod.ts";
-import { FC_ROOT_NAME } from "../vmm/firecracker/adapter.ts";
-import { HttpUnixClient } from "../vmm/http_unix.ts";
-import { run } from "../process/mod.ts";
-import { getInstance, isActive, stopInstance } from "./runtime.ts";
-import { InstanceStore } from "./instance.ts";
+import { getAdapter, type SnapshotFiles } from "../vmm/mod.ts";
 import { dataRanges } from "../../ffi/mod.ts";
-import { installTemplate, markTemplateUser, newTemplateDir } from "./restore.ts";
-
-export { WarmPool } from "./pool.ts";
-
-/** Manifest annotation holding the restore-compatibility record as JSON (spec §8.1). */
-export const RESTORE_ANNOTATION = "ovms.snapshot.restore";
-
-/** Machine type ovm gives QEMU VMs (a snapshot restores only into the same). */
-export const QEMU_MACHINE = "q35";
-
-/** What a snapshot must be restored with (spec §8.1). */
-export interface RestoreRecord {
-  /** Version of this record's shape. */
-  recordVersion: 1;
-  vmm: string;
-  vmmVersion: string;
-  machine: string;
-  accel: "kvm" | "tcg";
-  memoryBytes: number;
-  cpus: number;
-  kernelDigest: string;
-  kernelVersion?: string;
-  initrdDigest?: string;
-  initrdVersion?: string;
-  /** Disk layer digests, base first, including the captured diff. */
-  diskChain: string[];
-  ramsnapVersion: number;
-  /** The kernel command line the guest booted with (restores use the same). */
-  cmdline: string;
-  network: "none" | "user";
-  /** Device names, in manifest order. */
-  devices: string[];
-  /** Size of the bootstrap config disk the guest saw, when it had one. */
-  configDiskBytes?: number;
-}
+import { type InstanceState, InstanceStore } from "./instance.ts";
+import { getInstance, stopInstance } from "./lifecycle.ts";
+import { RESTORE_ANNOTATION, type RestoreRecord } from "./restore_record.ts";
+import { assertAllowed } from "./state_machine.ts";
+import { installTemplate, markTemplateUser, newTemplateDir } from "./template_cache.ts";
 
 export interface SnapshotOptions {
   /** Local ref for the new artifact (`name:tag`). */
@@ -76,50 +46,40 @@ export interface SnapshotOptions {
   onProgress?: (msg: string) => void;
 }
 
+export interface SnapshotResult {
+  ref: string;
+  digest: string;
+  pushed?: string;
+}
+
 /** Snapshots instance `id` of `home` into a new artifact tagged `options.tag`. */
 export async function snapshotInstance(
   home: string,
   id: string,
   options: SnapshotOptions,
-): Promise<{ ref: string; digest: string; pushed?: string }> {
+): Promise<SnapshotResult> {
   const progress = options.onProgress ?? (() => {});
   const target = parseLocalRef(options.tag);
   const state = await getInstance(home, id);
-  if (!isActive(state) || !state.vm || (state.state !== "running" && state.state !== "paused")) {
-    throw new ConflictError(`Instance "${id}" is ${state.state}`, {
-      hint: "only a running or paused instance can be snapshotted",
-    });
-  }
+  assertAllowed(id, state.state, "snapshot");
   const adapter = getAdapter(state.adapter);
   if (!adapter.capabilities.snapshotKinds.includes("ram")) {
     throw new ValidationError(`Runtime "${adapter.name}" cannot take RAM snapshots`);
   }
-  const shared = (state.devices ?? []).filter((d) => d.type === "ivshmem");
-  if (adapter.name === "qemu" && shared.length > 0) {
-    // With x-ignore-shared, QEMU 7.2 checks each shared region's guest-physical
-    // address while loading RAM, before the PCI state that maps the ivshmem BAR
-    // is loaded: the restore fails ("Mismatched GPAs"). Refuse before pausing.
-    throw new ConflictError(
-      `Instance "${id}" has ivshmem device "${shared[0].name}": QEMU cannot restore a RAM ` +
-        "snapshot of a VM with shared-memory devices",
-      {
-        hint: "snapshot an artifact without ivshmem devices (its shared regions are host state " +
-          "that a snapshot could not carry anyway)",
-      },
-    );
-  }
-  const store = await ContentStore.open(home);
-  const base = await loadArtifact(store, state.manifestDigest);
-  const paths = new InstanceStore(home).paths(id);
   if (target.digest) {
     throw new ValidationError(`Snapshot tag "${options.tag}" is a digest`, {
       hint: "use name:tag",
     });
   }
+  const store = await ContentStore.open(home);
+  const base = await loadArtifact(store, state.manifestDigest);
+  const paths = new InstanceStore(home).paths(id);
   // Beside the ingest area: the same filesystem as the store.
   await Deno.mkdir(store.paths.ingest, { recursive: true });
   const work = await Deno.makeTempDir({ dir: store.paths.ingest, prefix: "snapshot-" });
   let resumed = false;
+  let entered = false;
+  let captured = false;
   let template: string | undefined;
   const finishSource = async () => {
     if (resumed) return;
@@ -127,45 +87,22 @@ export async function snapshotInstance(
     if (options.after === "stop") {
       await stopInstance(home, id, { force: true, reason: "stopped after 'ovm snapshot --stop'" });
     } else if (state.state === "running") {
-      // A paused source stays paused (QEMU's postmigrate; `cont` later
-      // reactivates its disks).
+      // A paused source stays paused (`resume` later reactivates its disks).
       await adapter.resume(state.vm!);
     }
   };
   try {
-    return await store.lease(async () => {
+    const res = await store.lease(async () => {
       progress(`pausing ${id} and saving its device state`);
+      entered = true;
       const files = await adapter.snapshot(state.vm!, {
         kind: "ram",
         dest: work,
+        vmDir: paths.vmDir,
+        overlay: base.manifest.diskLayers.length ? paths.overlay : undefined,
         signal: options.signal,
       });
-      let overlayCopy: string | undefined;
-      // Firecracker's disk is one flattened raw file: it becomes the whole chain.
-      let wholeDisk = false;
-      if (base.manifest.diskLayers.length) {
-        // After the migration QEMU has flushed and inactivated the overlay:
-        // it is consistent with the RAM until the guest resumes.
-        overlayCopy = join(work, "overlay.qcow2");
-        if (adapter.name === "firecracker") {
-          // A self-contained qcow2 (zeros skipped) rather than a raw layer:
-          // compact, and Firecracker's restore flattens it to raw again.
-          const raw = join(paths.vmDir, FC_ROOT_NAME);
-          await run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, overlayCopy], {
-            signal: options.signal,
-          });
-          wholeDisk = true;
-        } else {
-          await Deno.copyFile(paths.overlay, overlayCopy);
-          if (adapter.name === "cloud-hypervisor") {
-            // Its overlay names the layer copy in the VM directory: the copy
-            // (never the live overlay) becomes a plain diff layer.
-            await run("qemu-img", ["rebase", "-u", "-b", "", overlayCopy], {
-              signal: options.signal,
-            });
-          }
-        }
-      }
+      captured = true;
       // The guest's memory, copied sparsely into what becomes this
       // snapshot's template (the first local restore needs no decode), so
       // the source can resume before the slow part, compression.
@@ -177,53 +114,17 @@ export async function snapshotInstance(
       });
       await Deno.copyFile(files.deviceState, join(template, "device-state"));
       const deviceStateBytes = (await Deno.stat(files.deviceState)).size;
-      const argv = state.vm!.argv;
-      const cmdline = adapter.name === "qemu"
-        ? argv[argv.indexOf("-append") + 1] ?? ""
-        : await apiCmdline(adapter.name, state.vm!);
       const configDiskBytes = await Deno.stat(paths.configDisk).then(
         (s) => s.size,
         () => undefined,
       );
-
       // The disk diff first (small), then the RAM, then let the source go on.
-      let diskLayers = [...base.manifest.diskLayers];
-      if (overlayCopy) {
-        const top = diskLayers.at(-1)!;
-        const info = await readQcow2Header(overlayCopy);
-        const tar = await diskTarStream(overlayCopy, "disk.qcow2");
-        const blob = await store.ingest(tar.stream, { signal: options.signal });
-        // An untouched overlay can equal an existing layer byte for byte;
-        // it adds nothing, and a manifest may not name a layer twice.
-        if (wholeDisk) {
-          diskLayers = [{ ref: blob.digest, format: "qcow2", size: info.virtualSize ?? top.size }];
-        } else if (!diskLayers.some((l) => l.ref === blob.digest)) {
-          diskLayers.push({
-            ref: blob.digest,
-            format: "qcow2",
-            size: info.virtualSize ?? top.size,
-          });
-        }
-      }
-      const record: RestoreRecord = {
-        recordVersion: 1,
-        vmm: adapter.name,
-        vmmVersion: files.vmmVersion,
-        machine: adapter.name === "qemu" ? QEMU_MACHINE : adapter.name,
-        accel: state.accel,
-        memoryBytes: state.memoryBytes,
-        cpus: state.cpus,
-        kernelDigest: state.kernelDigest,
-        ...(state.kernelVersion ? { kernelVersion: state.kernelVersion } : {}),
-        ...(state.initrdDigest ? { initrdDigest: state.initrdDigest } : {}),
-        ...(state.initrdVersion ? { initrdVersion: state.initrdVersion } : {}),
-        diskChain: diskLayers.map((l) => l.ref),
-        ramsnapVersion: RAMSNAP_VERSION,
-        cmdline,
-        network: state.network.mode,
+      const diskLayers = await captureDisk(store, base, files, options.signal);
+      const record = restoreRecord(state, files, {
+        diskLayers,
         devices: base.manifest.devices.map((d) => d.name),
-        ...(configDiskBytes !== undefined ? { configDiskBytes } : {}),
-      };
+        configDiskBytes,
+      });
       await finishSource();
       progress(`compressing ${files.memoryBytes} bytes of guest memory`);
       const ram = await store.ingest(
@@ -236,76 +137,137 @@ export async function snapshotInstance(
       await installTemplate(template, ram.digest);
       template = undefined;
       await markTemplateUser(ram.digest, home);
-
-      const annotations: Record<string, string> = {
-        [RESTORE_ANNOTATION]: JSON.stringify(record),
-        [SystemAnnotations.kernelDigest]: record.kernelDigest,
-        ...(record.kernelVersion
-          ? { [SystemAnnotations.kernelVersion]: record.kernelVersion }
-          : {}),
-        ...(record.initrdDigest ? { [SystemAnnotations.initrdDigest]: record.initrdDigest } : {}),
-        ...(record.initrdVersion
-          ? { [SystemAnnotations.initrdVersion]: record.initrdVersion }
-          : {}),
-      };
-      const manifest: Manifest = validate(ManifestSchema, {
-        ...base.manifest,
-        name: target.repository,
-        version: target.tag!,
+      const descriptor = await writeSnapshotArtifact(store, base, {
+        id,
+        record,
         diskLayers,
-        ramSnapshot: {
-          ref: ram.digest,
-          compression: "lz4",
-          preload_hint: true,
-          mlock_required: options.mlockRequired ?? false,
-        },
-        metadata: {
-          ...(base.manifest.metadata ?? { platform: { arch: "x86_64", uefi: false } }),
-          created: new Date().toISOString(),
-        },
-        annotations: { ...(base.manifest.annotations ?? {}), ...annotations },
-      }, "snapshot manifest");
-      const descriptor = await writeArtifact(store, manifest, {
-        subject: base.descriptor,
-        annotations: {
-          ...annotations,
-          "ovms.snapshot.source": id,
-          "ovms.snapshot.memory": String(record.memoryBytes),
-        },
+        ramDigest: ram.digest,
+        name: target.repository,
+        tag: target.tag!,
+        mlockRequired: options.mlockRequired ?? false,
       });
       const ref = target.name;
       await store.tag(ref, descriptor);
       progress(`snapshot ${ref} (${descriptor.digest})`);
-      return { ref, digest: descriptor.digest as Digest };
-    }).then(async (res) => {
-      if (!options.push) return res;
-      progress(`pushing to ${options.push}`);
-      const pushed = await pushFromStore(store, res.ref, options.push, {
-        home,
-        signal: options.signal,
-      });
-      return { ...res, pushed: `${pushed.reference}@${pushed.digest}` };
+      return { ref, digest: descriptor.digest };
     });
+    if (!options.push) return res;
+    progress(`pushing to ${options.push}`);
+    const pushed = await pushFromStore(store, res.ref, options.push, {
+      home,
+      signal: options.signal,
+    });
+    return { ...res, pushed: `${pushed.reference}@${pushed.digest}` };
   } finally {
-    // A failure before the RAM was captured leaves the source as it was.
-    await finishSource().catch(() => {});
+    if (captured) {
+      await finishSource().catch(() => {});
+    } else if (entered && state.state === "running") {
+      // A failed or refused capture leaves the source running, as it was.
+      await adapter.resume(state.vm!).catch(() => {});
+    }
     await Deno.remove(work, { recursive: true }).catch(() => {});
     if (template) await Deno.remove(template, { recursive: true }).catch(() => {});
   }
 }
 
-/** The kernel command line a Cloud Hypervisor or Firecracker guest booted with (its API). */
-async function apiCmdline(vmm: string, handle: VmHandle): Promise<string> {
-  if (vmm === "cloud-hypervisor") {
-    using api = new HttpUnixClient(handle.controlSocket, { adapter: vmm, basePath: "/api/v1" });
-    const info = await api.request("GET", "/vm.info", { step: "vm.info" });
-    return (info.body as { config?: { payload?: { cmdline?: string } } })?.config?.payload
-      ?.cmdline ?? "";
-  }
-  using api = new HttpUnixClient(handle.controlSocket, { adapter: vmm });
-  const config = await api.request("GET", "/vm/config", { step: "GET /vm/config" });
-  return (config.body as { "boot-source"?: { boot_args?: string } })?.["boot-source"]
-    ?.boot_args ?? "";
+/** The base's layers plus the captured disk (or, for a whole disk, only it). */
+async function captureDisk(
+  store: ContentStore,
+  base: Artifact,
+  files: SnapshotFiles,
+  signal?: AbortSignal,
+): Promise<DiskLayer[]> {
+  const layers = [...base.manifest.diskLayers];
+  if (!files.disk || !layers.length) return layers;
+  const top = layers.at(-1)!;
+  const info = await readQcow2Header(files.disk.path);
+  const tar = await diskTarStream(files.disk.path, "disk.qcow2");
+  const blob = await store.ingest(tar.stream, { signal });
+  const layer: DiskLayer = {
+    ref: blob.digest,
+    format: "qcow2",
+    size: info.virtualSize ?? top.size,
+  };
+  if (files.disk.whole) return [layer];
+  // An untouched overlay can equal an existing layer byte for byte;
+  // it adds nothing, and a manifest may not name a layer twice.
+  return layers.some((l) => l.ref === blob.digest) ? layers : [...layers, layer];
+}
+
+/** The restore record of a snapshot of `state` (spec §8.1). */
+function restoreRecord(
+  state: InstanceState,
+  files: SnapshotFiles,
+  extra: { diskLayers: DiskLayer[]; devices: string[]; configDiskBytes?: number },
+): RestoreRecord {
+  return {
+    recordVersion: 1,
+    vmm: state.adapter,
+    vmmVersion: files.vmmVersion,
+    machine: files.machine,
+    accel: state.accel,
+    memoryBytes: state.memoryBytes,
+    cpus: state.cpus,
+    kernelDigest: state.kernelDigest,
+    ...(state.kernelVersion ? { kernelVersion: state.kernelVersion } : {}),
+    ...(state.initrdDigest ? { initrdDigest: state.initrdDigest } : {}),
+    ...(state.initrdVersion ? { initrdVersion: state.initrdVersion } : {}),
+    diskChain: extra.diskLayers.map((l) => l.ref),
+    ramsnapVersion: RAMSNAP_VERSION,
+    cmdline: files.cmdline,
+    network: state.network.mode,
+    devices: extra.devices,
+    ...(extra.configDiskBytes !== undefined ? { configDiskBytes: extra.configDiskBytes } : {}),
+  };
+}
+
+/** Writes the snapshot's manifest (the base with the new layers, ramsnap and record). */
+async function writeSnapshotArtifact(
+  store: ContentStore,
+  base: Artifact,
+  s: {
+    id: string;
+    record: RestoreRecord;
+    diskLayers: DiskLayer[];
+    ramDigest: string;
+    name: string;
+    tag: string;
+    mlockRequired: boolean;
+  },
+) {
+  const { record } = s;
+  const annotations: Record<string, string> = {
+    [RESTORE_ANNOTATION]: JSON.stringify(record),
+    [SystemAnnotations.kernelDigest]: record.kernelDigest,
+    ...(record.kernelVersion ? { [SystemAnnotations.kernelVersion]: record.kernelVersion } : {}),
+    ...(record.initrdDigest ? { [SystemAnnotations.initrdDigest]: record.initrdDigest } : {}),
+    ...(record.initrdVersion ? { [SystemAnnotations.initrdVersion]: record.initrdVersion } : {}),
+  };
+  const manifest: Manifest = validate(ManifestSchema, {
+    ...base.manifest,
+    name: s.name,
+    version: s.tag,
+    diskLayers: s.diskLayers,
+    ramSnapshot: {
+      ref: s.ramDigest,
+      compression: "lz4",
+      preload_hint: true,
+      mlock_required: s.mlockRequired,
+    },
+    metadata: {
+      ...(base.manifest.metadata ?? { platform: { arch: "x86_64", uefi: false } }),
+      created: new Date().toISOString(),
+    },
+    annotations: { ...(base.manifest.annotations ?? {}), ...annotations },
+  }, "snapshot manifest");
+  return await writeArtifact(store, manifest, {
+    subject: base.descriptor,
+    annotations: {
+      ...annotations,
+      "ovms.snapshot.source": s.id,
+      "ovms.snapshot.memory": String(record.memoryBytes),
+    },
+  });
 }
 
 /**

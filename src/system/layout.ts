@@ -11,6 +11,21 @@ import { homePaths } from "../store/mod.ts";
 import { exists } from "../util/fs.ts";
 import { SYSTEM_ARCH } from "./versions.ts";
 
+/** One installed kernel or initrd image. */
+export interface SystemImage {
+  version: string;
+  arch: string;
+  path: string;
+  digest: `sha256:${string}`;
+  size: number;
+}
+
+/** The kernel and initrd a VM boots with. */
+export interface SystemSet {
+  kernel: SystemImage;
+  initrd: SystemImage & { kernelVersion: string };
+}
+
 export const VERSION_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$/;
 
 const Sha256Hex = z.string().regex(/^[a-f0-9]{64}$/);

@@ -23,6 +23,8 @@ import {
   readKernelMeta,
   sweepStaging,
   systemDir,
+  type SystemImage,
+  type SystemSet,
 } from "./layout.ts";
 import { DEFAULT_KERNEL, initrdVersionFor, SYSTEM_ARCH } from "./versions.ts";
 
@@ -39,6 +41,8 @@ export {
   readInitrdMeta,
   readKernelMeta,
   requireKernelMeta,
+  type SystemImage,
+  type SystemSet,
 } from "./layout.ts";
 export { type CpioEntry, writeCpio } from "./cpio.ts";
 export {
@@ -56,19 +60,6 @@ export {
   REQUIRED_MODULES,
   SYSTEM_ARCH,
 } from "./versions.ts";
-
-export interface SystemImage {
-  version: string;
-  arch: string;
-  path: string;
-  digest: `sha256:${string}`;
-  size: number;
-}
-
-export interface SystemSet {
-  kernel: SystemImage;
-  initrd: SystemImage & { kernelVersion: string };
-}
 
 export interface EnsureSystemOptions {
   signal?: AbortSignal;

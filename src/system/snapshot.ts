@@ -7,7 +7,7 @@
 import { ConflictError } from "../errors.ts";
 import type { ContentStore } from "../store/mod.ts";
 import { loadArtifact } from "../store/mod.ts";
-import type { SystemSet } from "./mod.ts";
+import type { SystemSet } from "./layout.ts";
 
 /** OVMS manifest annotations a snapshot artifact carries (spec §6.6). */
 export const SystemAnnotations = {

@@ -11,19 +11,45 @@
  */
 import type { Device } from "../manifest/mod.ts";
 
-/** Lifecycle states, as written to `state.json`. */
-export type VmState = "starting" | "running" | "paused" | "stopping" | "stopped" | "error";
+/**
+ * The states a VM (and the instance around it) can be in, as written to
+ * `state.json` and reported by the API. The first five are the OVMS runtime
+ * contract's `InstanceStatus.state`; `paused` is ovm's extension. The
+ * transitions between them are `src/runtime/state_machine.ts`.
+ */
+export const VM_STATES = ["starting", "running", "paused", "stopping", "stopped", "error"] as const;
+export type VmState = typeof VM_STATES[number];
 
 export type Accel = "kvm" | "tcg";
 export type SnapshotKind = "ram";
+/**
+ * What a restore starts from: `template` is ovm's decoded memory template
+ * (`spec.memory`) plus a directory holding `device-state` (the artifacts
+ * `ovm snapshot` writes, with a restore record); `ramsnap` is the artifact's
+ * ramsnap blob itself, which the backend decodes (descriptor runtimes).
+ */
+export type RestoreSource = "template" | "ramsnap";
+/** Network modes; a new mode adds its own fields to {@linkcode NetworkSpec}. */
 export type NetMode = "none" | "user";
+
+/** Largest device-state stream ovm saves or loads (guest RAM is not in it). */
+export const MAX_DEVICE_STATE = 256 << 20;
 
 /** What a backend can do; the runtime refuses the rest before starting anything. */
 export interface AdapterCapabilities {
   /** Device types of the OVMS manifest this backend can attach. */
   devices: Device["type"][];
-  /** Snapshot kinds `snapshot`/`restore` accept (empty: none). */
+  /** Snapshot kinds `snapshot()` can take (empty: none). */
   snapshotKinds: SnapshotKind[];
+  /** Snapshot kinds `restore()` can start a VM from (empty: none). */
+  restoreKinds: SnapshotKind[];
+  /** What `restore()` reads (empty when `restoreKinds` is). */
+  restoreFrom: RestoreSource[];
+  /**
+   * Whether `prepareRestore` works: the VMM is started for a restore ahead of
+   * time and the state loaded, the vCPUs waiting (the warm pool, spec 8.5).
+   */
+  preparedRestore: boolean;
   diskFormats: ("qcow2" | "raw")[];
   network: NetMode[];
   /** Whether `pause`/`resume` work. */
@@ -51,8 +77,15 @@ export interface PortMapping {
   protocol: "tcp" | "udp";
 }
 
+/**
+ * The guest's network. `mode` says which kind; each mode reads its own
+ * fields (`user`: `publish`). Other modes (bridges, TAP devices) add their
+ * fields here as optional members, so existing backends keep compiling and
+ * refuse a mode they do not list in `capabilities.network`.
+ */
 export interface NetworkSpec {
   mode: NetMode;
+  /** Host ports forwarded into the guest (`user` mode). */
   publish: PortMapping[];
 }
 
@@ -139,11 +172,91 @@ export interface StartedVm {
   release(): void;
 }
 
+/** Options of {@linkcode VmmAdapter.snapshot}. */
+export interface SnapshotOptions {
+  kind: SnapshotKind;
+  /** A fresh directory the backend writes the snapshot's files into. */
+  dest: string;
+  /** The VM's directory (`VmSpec.vmDir` of the start). */
+  vmDir: string;
+  /** The VM's writable overlay (`VmSpec.rootDisk.overlay`), when it has a root disk. */
+  overlay?: string;
+  signal?: AbortSignal;
+}
+
+/** What a RAM snapshot of a running VM produced: what the snapshot artifact records. */
+export interface SnapshotFiles {
+  /** The guest RAM image (the VM's memory file), from `memoryOffset` on. */
+  memory: string;
+  memoryBytes: number;
+  /** Where the RAM starts in `memory`. Default 0. */
+  memoryOffset?: number;
+  /** The device state stream (at most {@linkcode MAX_DEVICE_STATE} bytes). */
+  deviceState: string;
+  /** The VMM's version, for the restore record. */
+  vmmVersion: string;
+  /** The machine type a restore must use (the restore record's `machine`). */
+  machine: string;
+  /** The kernel command line the guest booted with (a restore uses the same). */
+  cmdline: string;
+  /**
+   * The root disk as the paused guest left it: a self-contained qcow2 file
+   * (no backing name) in `dest`. `whole`: it is the entire disk (the backend
+   * flattened the chain), so it replaces the chain instead of going on top.
+   */
+  disk?: { path: string; whole: boolean };
+}
+
+/** Options of a restore (one-shot or prepared). */
+export interface RestoreOptions {
+  kind: SnapshotKind;
+  /**
+   * `template` sources: the directory holding `device-state` (the memory
+   * template is `spec.memory`). `ramsnap` sources: the ramsnap blob.
+   */
+  source: string;
+  /** The manifest's `preload_hint` (ramsnap sources: decode onto tmpfs). */
+  preload?: boolean;
+  /** The manifest's `mlock_required` (ramsnap sources: lock the decoded memory). */
+  mlock?: boolean;
+  signal?: AbortSignal;
+}
+
+/**
+ * Phase one of a two-phase restore: a VMM started on the snapshot's memory
+ * template, waiting for its device state. `load` is phase two; with
+ * `resume: false` the state is loaded and the vCPUs wait for `resume()`
+ * (what the warm pool holds, so a start costs only `resume`).
+ */
+export interface PreparedVm {
+  readonly vm: StartedVm;
+  /** The version of the VMM that runs (checked against the restore record). */
+  readonly version: string;
+  /** Loads the device state from the restore's `source`; with `resume` (default), the guest runs. */
+  load(options?: { resume?: boolean; timeoutMs?: number }): Promise<void>;
+  /** Lets a VM loaded with `resume: false` run. */
+  resume(): Promise<void>;
+  /** Releases the control connection; the VM keeps waiting or running. */
+  close(): void;
+}
+
 export interface VmmAdapter {
   readonly name: string;
+  /** `adapter`: coded in ovm; `descriptor`: a runtime descriptor drives a CLI binary. */
+  readonly kind: "adapter" | "descriptor";
   readonly capabilities: AdapterCapabilities;
-  /** Whether this backend can run here; the reason when it cannot. */
-  available(): Promise<{ ok: true; version: string } | { ok: false; reason: string }>;
+  /**
+   * The VMM's own log (its stdout and stderr) in the VM directory, for error
+   * reports; "" when its output goes to the console log.
+   */
+  readonly logName: string;
+  /**
+   * Whether this backend can run here; the reason when it cannot. The
+   * version may be "unknown" unless `probeVersion` asks to run the binary.
+   */
+  available(
+    options?: { probeVersion?: boolean },
+  ): Promise<{ ok: true; version: string } | { ok: false; reason: string }>;
   /**
    * Validates the spec against the capabilities and readies backend files
    * (the writable overlay). Nothing runs yet; failures here leave no process.
@@ -162,39 +275,23 @@ export interface VmmAdapter {
   /** Graceful (guest power-off) within `timeoutMs`, then forced; always removes runtime files. */
   stop(handle: VmHandle, options?: { timeoutMs?: number; force?: boolean }): Promise<StopResult>;
   /**
-   * Pauses the VM and saves its state (`ram`: device state into
-   * `dest/device-state`; guest RAM is the VM's memory file, consistent while
-   * the VM stays paused). The caller resumes or stops the VM afterwards.
+   * Pauses the VM and saves its state (`ram`: guest RAM, device state, the
+   * root disk, the boot command line). A backend refuses a VM it cannot
+   * snapshot before pausing it. The caller resumes or stops the VM afterwards.
    */
-  snapshot(
-    handle: VmHandle,
-    options: { kind: SnapshotKind; dest: string; signal?: AbortSignal },
-  ): Promise<SnapshotFiles>;
+  snapshot(handle: VmHandle, options: SnapshotOptions): Promise<SnapshotFiles>;
+  /** Starts a VM from a snapshot instead of booting it; resolves once the guest runs. */
+  restore(spec: VmSpec, options: RestoreOptions): Promise<StartedVm>;
   /**
-   * Starts a VM from a snapshot instead of booting it (QEMU: `-incoming`):
-   * `spec.memory` is the memory template, `source` the directory holding
-   * `device-state`. Resolves once the guest runs.
+   * Phase one of a two-phase restore (only when `capabilities.preparedRestore`):
+   * `paused` keeps the vCPUs stopped after `load({resume: false})`.
    */
-  restore(
+  prepareRestore?(
     spec: VmSpec,
-    options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
-  ): Promise<StartedVm>;
-}
-
-/** What a RAM snapshot of a running VM produced. */
-export interface SnapshotFiles {
-  /** The guest RAM image (the VM's memory file), from `memoryOffset` on. */
-  memory: string;
-  memoryBytes: number;
-  /**
-   * Where the RAM starts in `memory` (a restored QEMU's private mapping is
-   * read through `/proc/<pid>/mem` at its address). Default 0.
-   */
-  memoryOffset?: number;
-  /** The device state stream. */
-  deviceState: string;
-  /** The VMM's version, for the restore-compatibility record. */
-  vmmVersion: string;
+    options: RestoreOptions & { paused?: boolean },
+  ): Promise<PreparedVm>;
+  /** Whether a VMM of version `running` can load a snapshot written by version `recorded`. */
+  restoresFrom(recorded: string, running: string): boolean;
 }
 
 /** Removes what a VM leaves behind once its process is gone (shm files, control socket). */
@@ -202,4 +299,23 @@ export async function removeVmFiles(handle: VmHandle): Promise<void> {
   for (const f of [...handle.runtimeFiles, handle.controlSocket]) {
     await Deno.remove(f).catch(() => {});
   }
+}
+
+/**
+ * The handle of a VM whose directory was renamed from `from` to `to` (a warm
+ * pool's VM becoming an instance): paths inside it move along.
+ */
+export function relocateHandle(handle: VmHandle, from: string, to: string): VmHandle {
+  const move = (p: string) =>
+    p === from || p.startsWith(from + "/") ? to + p.slice(from.length) : p;
+  return {
+    ...handle,
+    controlSocket: move(handle.controlSocket),
+    runtimeFiles: handle.runtimeFiles.map(move),
+  };
+}
+
+/** "v53.0" and "53.0" name the same release. */
+export function bareVersion(v: string): string {
+  return v.trim().replace(/^v/, "");
 }

@@ -1,7 +1,8 @@
 /**
  * @module
  * VMM adapters behind one interface, and the registry the runtime picks from
- * (`--runtime NAME`). Other backends register here next to QEMU.
+ * (`--runtime NAME`): the one place that maps backend names to adapters.
+ * Nothing outside `src/vmm/` names a backend or its class.
  */
 import { ValidationError } from "../errors.ts";
 import type { VmmAdapter } from "./adapter.ts";
@@ -19,6 +20,7 @@ import {
 import { defaultHome } from "../store/paths.ts";
 
 export * from "./adapter.ts";
+export * from "./accel.ts";
 export { QemuAdapter } from "./qemu/mod.ts";
 
 /** `--runtime-path` overrides, by runtime name. */
@@ -49,7 +51,7 @@ export async function loadRuntimes(home: string): Promise<string[]> {
   const names: string[] = [];
   for (const d of await loadUserDescriptors(home)) {
     const current = FACTORIES[d.name]?.();
-    if (current && !(current instanceof CliRuntimeAdapter)) {
+    if (current && current.kind !== "descriptor") {
       throw new ValidationError(
         `Runtime descriptor "${d.name}" names a built-in adapter`,
         { hint: "give the descriptor another name" },

@@ -10,7 +10,7 @@ import { buildDemoDisks } from "../../examples/demo/build.ts";
 import { ContentStore } from "../../src/store/mod.ts";
 import { ensureSystem, initCmdline } from "../../src/system/mod.ts";
 import { instancePaths } from "../../src/runtime/mod.ts";
-import { SNAPSHOT_CACHE } from "../../src/runtime/restore.ts";
+import { SNAPSHOT_CACHE } from "../../src/runtime/mod.ts";
 import { killAll } from "./runtime.ts";
 import { TEST_CACHE } from "./vm.ts";
 

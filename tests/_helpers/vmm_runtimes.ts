@@ -7,6 +7,9 @@
 import { join } from "node:path";
 import assert from "node:assert/strict";
 import type { VmSpec } from "../../src/vmm/adapter.ts";
+import { assembleChain } from "../../src/runtime/mod.ts";
+import { imageDir, listSystem } from "../../src/system/mod.ts";
+import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
 import { ovmIn } from "./runtime.ts";
 
 const FAKE_MAIN = new URL("./fake_vmm_main.ts", import.meta.url).pathname;
@@ -171,4 +174,40 @@ export async function packFakeArtifact(home: string, runtime: string): Promise<s
   );
   assert.equal(pack.code, 0, pack.stderr);
   return "fake/vm:1";
+}
+
+/**
+ * A spec that boots the demo artifact of `home` (its system kernel and
+ * initrd, its disk chain, no devices, no network) in `vmDir`.
+ */
+export async function demoSpec(
+  home: string,
+  ref: string,
+  options: { vmDir: string; id?: string; kernel?: string; accel?: "kvm" | "tcg" },
+): Promise<VmSpec> {
+  const { vmDir } = options;
+  const store = await ContentStore.open(home);
+  const m = (await loadArtifact(store, ref)).manifest;
+  const set = await listSystem(home);
+  const k = set.kernels[0];
+  const i = set.initrds[0];
+  return {
+    id: options.id ?? "real",
+    kernel: options.kernel ?? join(imageDir(home, "kernel", k.version, k.arch), k.file),
+    initrd: join(imageDir(home, "initrd", i.version, i.arch), i.file),
+    cmdline: `${m.kernel.args} ovms.net=none`,
+    memoryBytes: 256 << 20,
+    cpus: 1,
+    accel: options.accel ?? "kvm",
+    rootDisk: {
+      layers: await assembleChain(store, m.diskLayers),
+      overlay: join(vmDir, "overlay.qcow2"),
+    },
+    extraDisks: [],
+    devices: [],
+    network: { mode: "none", publish: [] },
+    vmDir,
+    consoleLog: join(vmDir, "console.log"),
+    detach: false,
+  };
 }

@@ -161,7 +161,12 @@ Deno.test({
         assert.notEqual(await serve!.stop("SIGKILL"), 0);
         assert.ok(await isVmProcess(pid));
         serve = await serveProcess(home, socket);
-        assert.match(serve.stderr(), /reattached to 1 running instance/);
+        // The line follows the socket; stderr is read asynchronously.
+        const started = serve;
+        await waitFor(
+          () => /reattached to 1 running instance/.test(started.stderr()) ? true : undefined,
+          { what: "the reattach line", timeoutMs: 10_000 },
+        );
         const st = await c.call("GET", "/status/life");
         assert.equal(st.body.state, "running");
         assert.equal(st.body.pid, pid);

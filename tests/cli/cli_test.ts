@@ -224,7 +224,7 @@ Deno.test("instance verbs load the runtime descriptors of --home; other verbs do
 });
 
 Deno.test("gc drops the decoded RAM templates of snapshots no longer in the store, and keeps the others", async () => {
-  const { SNAPSHOT_CACHE } = await import("../../src/runtime/restore.ts");
+  const { SNAPSHOT_CACHE } = await import("../../src/runtime/mod.ts");
   const { ContentStore } = await import("../../src/store/mod.ts");
   await using tmp = await tempDir();
   const store = await ContentStore.open(tmp.path);
@@ -251,7 +251,7 @@ Deno.test("gc drops the decoded RAM templates of snapshots no longer in the stor
     assert.ok(JSON.parse(r.stdout).templates.removed.includes(gone));
     assert.ok((await Deno.stat(dirs[1])).isDirectory, "a dry run removes nothing");
     // While another home still uses a template, this home's gc only lets go of it.
-    const { markTemplateUser } = await import("../../src/runtime/restore.ts");
+    const { markTemplateUser } = await import("../../src/runtime/mod.ts");
     await markTemplateUser(gone, join(tmp.path, "other-home"));
     r = await ovm(tmp.path, "gc", "--json");
     assertExit(r, 0);

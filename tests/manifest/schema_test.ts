@@ -18,7 +18,7 @@ Deno.test("schemas/*.json match what the zod schemas generate", async () => {
     assert.equal(
       onDisk,
       renderSchema(doc),
-      `schemas/${name} drifted from src/manifest/schema.ts: run 'deno task schemas'`,
+      `schemas/${name} drifted from its zod schema: run 'deno task schemas'`,
     );
   }
 });

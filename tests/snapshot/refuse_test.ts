@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { ovmIn } from "../_helpers/runtime.ts";
-import { checkOptions, readRestoreRecord } from "../../src/runtime/restore.ts";
-import type { RestoreRecord } from "../../src/runtime/snapshot.ts";
+import { checkOptions, readRestoreRecord } from "../../src/runtime/mod.ts";
+import type { RestoreRecord } from "../../src/runtime/mod.ts";
 import { ConflictError, ValidationError } from "../../src/errors.ts";
 import type { Manifest } from "../../src/manifest/mod.ts";
 

@@ -3,7 +3,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { kvmUnusableReason, parseAccel } from "../../src/vmm/qemu/accel.ts";
+import { kvmUnusableReason, parseAccel } from "../../src/vmm/accel.ts";
 
 Deno.test("auto refuses KVM when the kvm_pvm module is loaded", async () => {
   const dir = await Deno.makeTempDir();

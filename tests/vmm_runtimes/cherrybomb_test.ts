@@ -10,7 +10,7 @@ import { demoHome, ovmIn, readState, waitFor } from "../_helpers/runtime.ts";
 import { loadArtifact } from "../../src/store/mod.ts";
 import { ContentStore } from "../../src/store/mod.ts";
 import { processStartTime } from "../../src/process/mod.ts";
-import { vmmUser } from "../../src/runtime/runtime.ts";
+import { vmmUser } from "../../src/runtime/mod.ts";
 
 const FIXTURE = new URL("../fixtures/cherrybomb", import.meta.url).pathname;
 

@@ -111,7 +111,11 @@ Deno.test("the Cloud Hypervisor adapter's whole lifecycle follows the official O
       await adapter.pause(vm.handle);
       assert.equal((await adapter.status(vm.handle)).state, "paused");
       const snapDir = join(dir, "snap");
-      const files = await adapter.snapshot(vm.handle, { kind: "ram", dest: snapDir });
+      const files = await adapter.snapshot(vm.handle, {
+        kind: "ram",
+        dest: snapDir,
+        vmDir: spec.vmDir,
+      });
       assert.equal(files.vmmVersion, "v53.0-fake");
       assert.equal(files.memoryBytes, spec.memoryBytes);
       assert.equal((await Deno.stat(files.memory)).size, spec.memoryBytes);
@@ -198,7 +202,11 @@ Deno.test("the Firecracker adapter's whole lifecycle follows the official Swagge
       await adapter.pause(vm.handle);
       assert.equal((await adapter.status(vm.handle)).state, "paused");
       const snapDir = join(dir, "snap");
-      const files = await adapter.snapshot(vm.handle, { kind: "ram", dest: snapDir });
+      const files = await adapter.snapshot(vm.handle, {
+        kind: "ram",
+        dest: snapDir,
+        vmDir: spec.vmDir,
+      });
       assert.equal(files.vmmVersion, "1.17.0-fake");
       assert.equal(files.memoryBytes, 64 << 20);
       assert.equal(files.deviceState, join(snapDir, "device-state"));

@@ -9,13 +9,11 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { which } from "../../src/process/mod.ts";
-import { imageDir, listSystem } from "../../src/system/mod.ts";
-import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
-import { assembleChain } from "../../src/runtime/chain.ts";
-import type { VmmAdapter, VmSpec } from "../../src/vmm/adapter.ts";
+import type { VmmAdapter } from "../../src/vmm/adapter.ts";
 import { CloudHypervisorAdapter } from "../../src/vmm/cloud_hypervisor/mod.ts";
 import { FirecrackerAdapter } from "../../src/vmm/firecracker/mod.ts";
 import { demoHome, ovmIn, waitFor } from "../_helpers/runtime.ts";
+import { demoSpec } from "../_helpers/vmm_runtimes.ts";
 
 const CH = await which("cloud-hypervisor");
 const FC = await which("firecracker");
@@ -28,38 +26,6 @@ if (!FC || !FC_KERNEL) {
     "skipping the real Firecracker test: " +
       (!FC ? "firecracker is not on PATH" : "$OVM_FC_KERNEL (a vmlinux) is not set"),
   );
-}
-
-async function demoSpec(
-  home: string,
-  ref: string,
-  options: { vmDir: string; kernel?: string },
-): Promise<VmSpec> {
-  const { vmDir } = options;
-  const store = await ContentStore.open(home);
-  const m = (await loadArtifact(store, ref)).manifest;
-  const set = await listSystem(home);
-  const k = set.kernels[0];
-  const i = set.initrds[0];
-  return {
-    id: "real",
-    kernel: options.kernel ?? join(imageDir(home, "kernel", k.version, k.arch), k.file),
-    initrd: join(imageDir(home, "initrd", i.version, i.arch), i.file),
-    cmdline: `${m.kernel.args} ovms.net=none`,
-    memoryBytes: 256 << 20,
-    cpus: 1,
-    accel: "kvm",
-    rootDisk: {
-      layers: await assembleChain(store, m.diskLayers),
-      overlay: join(vmDir, "overlay.qcow2"),
-    },
-    extraDisks: [],
-    devices: [],
-    network: { mode: "none", publish: [] },
-    vmDir,
-    consoleLog: join(vmDir, "console.log"),
-    detach: false,
-  };
 }
 
 async function lifecycle(adapter: VmmAdapter, kernel?: string): Promise<void> {
@@ -77,7 +43,11 @@ async function lifecycle(adapter: VmmAdapter, kernel?: string): Promise<void> {
     }, { timeoutMs: 60_000, what: "console output" });
     await adapter.pause(vm.handle);
     assert.equal((await adapter.status(vm.handle)).state, "paused");
-    const files = await adapter.snapshot(vm.handle, { kind: "ram", dest: join(demo.home, "snap") });
+    const files = await adapter.snapshot(vm.handle, {
+      kind: "ram",
+      dest: join(demo.home, "snap"),
+      vmDir: spec.vmDir,
+    });
     assert.ok(files.vmmVersion.length > 0);
     await adapter.resume(vm.handle);
     assert.equal((await adapter.status(vm.handle)).state, "running");

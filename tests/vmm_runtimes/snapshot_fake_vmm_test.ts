@@ -21,9 +21,9 @@ import {
 import { pidAlive } from "../../src/process/mod.ts";
 import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
 import { readQcow2Header } from "../../src/disk/mod.ts";
-import { checkOptions, dropTemplate } from "../../src/runtime/restore.ts";
-import type { StartOptions } from "../../src/runtime/runtime.ts";
-import { RESTORE_ANNOTATION, type RestoreRecord } from "../../src/runtime/snapshot.ts";
+import { checkOptions, dropTemplate } from "../../src/runtime/mod.ts";
+import type { StartOptions } from "../../src/runtime/mod.ts";
+import { RESTORE_ANNOTATION, type RestoreRecord } from "../../src/runtime/mod.ts";
 
 const VERSIONS: Record<string, string> = {
   "cloud-hypervisor": "v53.0-fake",

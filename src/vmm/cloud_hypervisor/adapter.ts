@@ -9,11 +9,13 @@
  */
 import { join } from "node:path";
 import { ValidationError, VmmError } from "../../errors.ts";
-import { which } from "../../process/mod.ts";
+import { run, which } from "../../process/mod.ts";
 import type {
   AdapterCapabilities,
+  PreparedVm,
+  RestoreOptions,
   SnapshotFiles,
-  SnapshotKind,
+  SnapshotOptions,
   StartedVm,
   StopResult,
   VmHandle,
@@ -21,16 +23,10 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
-import { removeVmFiles } from "../adapter.ts";
+import { bareVersion, removeVmFiles } from "../adapter.ts";
 import { createOverlayOn, materializeLayers } from "../descriptor/chain_files.ts";
-import {
-  HttpUnixClient,
-  killVmm,
-  launchApiVmm,
-  probeVersion,
-  vmmAlive,
-  waitGone,
-} from "../http_unix.ts";
+import { HttpUnixClient } from "../http_unix.ts";
+import { launchVmm, probeVersion, terminate, vmmAlive, waitGone } from "../process.ts";
 
 export const CH_SOCKET_NAME = "ch.sock";
 export const CH_LOG_NAME = "cloud-hypervisor.log";
@@ -74,9 +70,14 @@ export function vmConfig(spec: VmSpec): Record<string, unknown> {
 
 export class CloudHypervisorAdapter implements VmmAdapter {
   readonly name = ADAPTER;
+  readonly kind = "adapter";
+  readonly logName = CH_LOG_NAME;
   readonly capabilities: AdapterCapabilities = {
     devices: [],
     snapshotKinds: ["ram"],
+    restoreKinds: ["ram"],
+    restoreFrom: ["template"],
+    preparedRestore: true,
     diskFormats: ["qcow2", "raw"],
     network: ["none"],
     pause: true,
@@ -128,12 +129,11 @@ export class CloudHypervisorAdapter implements VmmAdapter {
   async #launch(spec: VmSpec, signal?: AbortSignal) {
     const bin = (await which(this.#binary)) ?? this.#binary;
     const socket = join(spec.vmDir, CH_SOCKET_NAME);
-    return await launchApiVmm(ADAPTER, bin, {
+    return await launchVmm(ADAPTER, bin, {
       args: ["--api-socket", socket],
-      socket,
+      ready: { socket, connect: true },
       cwd: spec.vmDir,
-      logFile: join(spec.vmDir, CH_LOG_NAME),
-      runtimeFiles: [],
+      outputFile: join(spec.vmDir, CH_LOG_NAME),
       signal,
     });
   }
@@ -146,10 +146,10 @@ export class CloudHypervisorAdapter implements VmmAdapter {
       await api.request("PUT", "/vm.create", { body: vmConfig(spec), step: "vm.create" });
       await api.request("PUT", "/vm.boot", { step: "vm.boot" });
     } catch (e) {
-      await killVmm(ADAPTER, vm.handle).catch(() => {});
+      await terminate(ADAPTER, vm.handle).catch(() => {});
       throw e;
     }
-    return { handle: vm.handle, exited: vm.exited, release: () => vm.proc.child.unref() };
+    return vm;
   }
 
   async status(handle: VmHandle): Promise<VmStatus> {
@@ -208,7 +208,7 @@ export class CloudHypervisorAdapter implements VmmAdapter {
       await api.request("PUT", "/vmm.shutdown", { step: "vmm.shutdown", timeoutMs: 3000 })
         .catch(() => {});
       if (await waitGone(handle, 3000)) return { how: "quit" };
-      await killVmm(ADAPTER, handle);
+      await terminate(ADAPTER, handle);
       return { how: "killed" };
     } finally {
       await removeVmFiles(handle);
@@ -219,19 +219,21 @@ export class CloudHypervisorAdapter implements VmmAdapter {
    * Pauses the VM and snapshots it into `dest/ch/` (Cloud Hypervisor writes
    * `config.json`, `state.json` and `memory-ranges`). The guest RAM section
    * is `memory-ranges`; the device-state section is `dest/device-state`, a
-   * JSON object holding the two JSON files by name.
+   * JSON object holding the two JSON files by name. The overlay is copied
+   * with its backing name (a layer copy in the VM directory) removed: the
+   * copy, never the live overlay, becomes a plain diff layer.
    */
-  async snapshot(
-    handle: VmHandle,
-    options: { kind: SnapshotKind; dest: string; signal?: AbortSignal },
-  ): Promise<SnapshotFiles> {
+  async snapshot(handle: VmHandle, options: SnapshotOptions): Promise<SnapshotFiles> {
     if (options.kind !== "ram") {
       throw new VmmError(ADAPTER, "snapshot", `"${options.kind}" snapshots are not supported`);
     }
     using api = client(handle);
     const ping = await api.request("GET", "/vmm.ping", { step: "vmm.ping" });
     const info = await api.request("GET", "/vm.info", { step: "vm.info" });
-    const vmInfo = info.body as { state: string; config: { memory?: { size?: number } } };
+    const vmInfo = info.body as {
+      state: string;
+      config: { memory?: { size?: number }; payload?: { cmdline?: string } };
+    };
     if (vmInfo.state !== "Paused") await api.request("PUT", "/vm.pause", { step: "vm.pause" });
     const dir = join(options.dest, "ch");
     await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
@@ -253,24 +255,50 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     const st = await Deno.stat(memory).catch((e) => {
       throw new VmmError(ADAPTER, "vm.snapshot", "the snapshot has no memory-ranges", { cause: e });
     });
+    let disk: SnapshotFiles["disk"];
+    if (options.overlay) {
+      const copy = join(options.dest, "disk.qcow2");
+      await Deno.copyFile(options.overlay, copy);
+      await run(this.#qemuImg, ["rebase", "-u", "-b", "", copy], { signal: options.signal });
+      disk = { path: copy, whole: false };
+    }
     return {
       memory,
       memoryBytes: vmInfo.config.memory?.size ?? st.size,
       deviceState,
       vmmVersion: (ping.body as { version: string }).version,
+      machine: ADAPTER,
+      cmdline: vmInfo.config.payload?.cmdline ?? "",
+      ...(disk ? { disk } : {}),
     };
   }
 
   /**
    * Restores from `source/device-state` and the memory template
-   * (`spec.memory.path`): the snapshot directory is rebuilt in the VM
-   * directory with this instance's paths written into `config.json`, then
-   * `vm.restore` loads it and resumes the guest.
+   * (`spec.memory.path`): {@linkcode prepareRestore}, then the load resumes.
    */
-  async restore(
+  async restore(spec: VmSpec, options: RestoreOptions): Promise<StartedVm> {
+    const prepared = await this.prepareRestore(spec, options);
+    try {
+      await prepared.load();
+      return prepared.vm;
+    } catch (e) {
+      await terminate(ADAPTER, prepared.vm.handle).catch(() => {});
+      throw e;
+    } finally {
+      prepared.close();
+    }
+  }
+
+  /**
+   * The snapshot directory is rebuilt in the VM directory with this
+   * instance's paths written into `config.json`, and the VMM started; `load`
+   * is `vm.restore` (resuming, or kept paused for a later `vm.resume`).
+   */
+  async prepareRestore(
     spec: VmSpec,
-    options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
-  ): Promise<StartedVm> {
+    options: RestoreOptions & { paused?: boolean },
+  ): Promise<PreparedVm> {
     if (options.kind !== "ram") {
       throw new VmmError(ADAPTER, "restore", `"${options.kind}" snapshots are not supported`);
     }
@@ -303,19 +331,40 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     await Deno.writeTextFile(join(dir, "state.json"), saved.files["state.json"] ?? "{}");
     await Deno.symlink(spec.memory.path, join(dir, "memory-ranges"));
     const vm = await this.#launch(spec, options.signal);
+    let version: string;
     try {
       using api = client(vm.handle);
-      await api.request("PUT", "/vm.restore", {
-        body: { source_url: `file://${dir}`, resume: true },
-        step: "vm.restore",
-        timeoutMs: 600_000,
-        signal: options.signal,
-      });
+      version = ((await api.request("GET", "/vmm.ping", { step: "vmm.ping" })).body as {
+        version: string;
+      }).version;
     } catch (e) {
-      await killVmm(ADAPTER, vm.handle).catch(() => {});
+      await terminate(ADAPTER, vm.handle).catch(() => {});
       throw e;
     }
-    return { handle: vm.handle, exited: vm.exited, release: () => vm.proc.child.unref() };
+    const signal = options.signal;
+    return {
+      vm,
+      version,
+      async load(o = {}) {
+        using api = client(vm.handle);
+        await api.request("PUT", "/vm.restore", {
+          body: { source_url: `file://${dir}`, resume: o.resume ?? true },
+          step: "vm.restore",
+          timeoutMs: o.timeoutMs ?? 600_000,
+          signal,
+        });
+      },
+      async resume() {
+        using api = client(vm.handle);
+        await api.request("PUT", "/vm.resume", { step: "vm.resume" });
+      },
+      close() {},
+    };
+  }
+
+  /** Cloud Hypervisor loads only a snapshot of its own version. */
+  restoresFrom(recorded: string, running: string): boolean {
+    return bareVersion(recorded) === bareVersion(running);
   }
 }
 

@@ -10,11 +10,12 @@
 import { join, relative } from "node:path";
 import { ValidationError, VmmError } from "../../errors.ts";
 import { lockFileInMemory } from "../../../ffi/mod.ts";
-import { processStartTime, run, signalPid, spawn, which } from "../../process/mod.ts";
+import { run, which } from "../../process/mod.ts";
 import { decodeRamsnap } from "../../snapshot/mod.ts";
 import type {
   AdapterCapabilities,
   DeviceStatus,
+  RestoreOptions,
   SnapshotKind,
   StartedVm,
   StopResult,
@@ -23,7 +24,8 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
-import { tailLines } from "../../util/fs.ts";
+import { bareVersion } from "../adapter.ts";
+import { launchVmm, removeRuntimeFiles, terminate, vmmAlive } from "../process.ts";
 import { createOverlayOn, flattenToRaw, materializeLayers } from "./chain_files.ts";
 import { expand, type RuntimeDescriptor } from "./schema.ts";
 
@@ -35,17 +37,12 @@ export interface CliAdapterOptions {
   startGraceMs?: number;
 }
 
-/** Extra restore options a CLI runtime honours (from the manifest's `ramSnapshot`). */
-export interface RamRestoreOptions {
-  kind: SnapshotKind;
-  /** The ramsnap blob (section 8). */
-  source: string;
-  /** `preload_hint`: decode the memory image onto tmpfs (`/dev/shm`). */
-  preload?: boolean;
-  /** `mlock_required`: lock the decoded memory image in RAM while ovm waits on the VM. */
-  mlock?: boolean;
-  signal?: AbortSignal;
-}
+/**
+ * The restore options a CLI runtime honours: `source` is the ramsnap blob
+ * (section 8); `preload` decodes the memory image onto tmpfs (`/dev/shm`);
+ * `mlock` locks it in RAM while ovm waits on the VM.
+ */
+export type RamRestoreOptions = RestoreOptions;
 
 /** Files prepared for one VM: what the `disk` and `ramSnapshot` mappings receive. */
 export interface PreparedFiles {
@@ -55,6 +52,9 @@ export interface PreparedFiles {
 
 export class CliRuntimeAdapter implements VmmAdapter {
   readonly name: string;
+  readonly kind = "descriptor";
+  /** None of its own: the binary's output goes to the console log. */
+  readonly logName = "";
   readonly capabilities: AdapterCapabilities;
   readonly descriptor: RuntimeDescriptor;
   /** Snapshot kinds `restore` accepts (`ram` when the descriptor maps `ramSnapshot`). */
@@ -72,8 +72,11 @@ export class CliRuntimeAdapter implements VmmAdapter {
     this.restoreKinds = descriptor.args.ramSnapshot ? ["ram"] : [];
     this.capabilities = {
       devices: descriptor.args.devices.ivshmem ? ["ivshmem"] : [],
-      // A CLI runtime cannot take snapshots; it may restore them (restoreKinds).
+      // A CLI runtime cannot take snapshots; it may restore them from their ramsnap blob.
       snapshotKinds: [],
+      restoreKinds: this.restoreKinds,
+      restoreFrom: this.restoreKinds.length ? ["ramsnap"] : [],
+      preparedRestore: false,
       diskFormats: ["qcow2", "raw"],
       network: descriptor.network,
       pause: false,
@@ -247,20 +250,14 @@ export class CliRuntimeAdapter implements VmmAdapter {
       );
     }
     const args = this.buildArgs(spec, files);
-    const proc = spawn(bin, args, {
+    // A binary that refuses its flags exits at once, and its complaint lands
+    // in the console log: catch that here, not as "the guest printed something".
+    return await launchVmm(this.name, bin, {
+      args,
       cwd: spec.vmDir,
-      dropTo: spec.runAs,
-      newSession: true,
       outputFile: spec.consoleLog,
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    });
-    const handle: VmHandle = {
-      adapter: this.name,
-      pid: proc.pid,
-      pidStartTime: await processStartTime(proc.pid),
-      controlSocket: "",
+      ready: { graceMs: this.#graceMs },
+      runAs: spec.runAs,
       runtimeFiles,
       devices: spec.devices.map((d): DeviceStatus => ({
         type: d.type,
@@ -269,44 +266,13 @@ export class CliRuntimeAdapter implements VmmAdapter {
         mmioAddr: d.mmio_addr,
         guestLocation: `${this.name} --addr ${d.mmio_addr}`,
       })),
-      argv: [bin, ...args],
-    };
-    const exited = proc.status.then((s) => {
-      onExit?.();
-      return { code: s.code, ...(s.signal ? { signal: s.signal } : {}) };
+      onExit,
+      signal,
     });
-    // A binary that refuses its flags exits at once, and its complaint lands
-    // in the console log: catch that here, not as "the guest printed something".
-    const deadline = Date.now() + this.#graceMs;
-    while (Date.now() < deadline) {
-      if (proc.exited) {
-        const tail = await tailLines(spec.consoleLog, 20);
-        await removeFiles(handle);
-        throw new VmmError(
-          this.name,
-          "start",
-          `${bin} exited at once with code ${proc.exited.code}`,
-          { hint: tail ? `it said:\n${tail}` : "it printed nothing" },
-        );
-      }
-      if (signal?.aborted) {
-        await proc.stop(1000);
-        await removeFiles(handle);
-        throw signal.reason;
-      }
-      await sleep(10);
-    }
-    return { handle, exited, release: () => proc.child.unref() };
-  }
-
-  async #alive(handle: VmHandle): Promise<boolean> {
-    const st = await processStartTime(handle.pid);
-    if (st === undefined) return false;
-    return handle.pidStartTime === undefined || st === handle.pidStartTime;
   }
 
   async status(handle: VmHandle): Promise<VmStatus> {
-    return (await this.#alive(handle))
+    return (await vmmAlive(handle))
       ? { state: "running", detail: "process running" }
       : { state: "stopped", detail: "no process" };
   }
@@ -329,30 +295,20 @@ export class CliRuntimeAdapter implements VmmAdapter {
     options: { timeoutMs?: number; force?: boolean } = {},
   ): Promise<StopResult> {
     try {
-      if (!(await this.#alive(handle))) return { how: "already-stopped" };
-      if (!options.force) {
-        signalPid(handle.pid, this.descriptor.stop.signal);
-        if (await this.#waitGone(handle, options.timeoutMs ?? this.descriptor.stop.timeoutMs)) {
-          return { how: "quit" };
-        }
-      }
-      signalPid(handle.pid, "SIGKILL");
-      if (!(await this.#waitGone(handle, 5000))) {
-        throw new VmmError(this.name, "stop", `process ${handle.pid} survived SIGKILL`);
-      }
-      return { how: "killed" };
+      if (!(await vmmAlive(handle))) return { how: "already-stopped" };
+      const how = await terminate(this.name, handle, {
+        signal: options.force ? "SIGKILL" : this.descriptor.stop.signal,
+        graceMs: options.force ? 0 : options.timeoutMs ?? this.descriptor.stop.timeoutMs,
+      });
+      return { how: how === "signal" && !options.force ? "quit" : "killed" };
     } finally {
-      await removeFiles(handle);
+      await removeRuntimeFiles(handle);
     }
   }
 
-  async #waitGone(handle: VmHandle, ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      if (!(await this.#alive(handle))) return true;
-      await sleep(50);
-    }
-    return !(await this.#alive(handle));
+  /** A descriptor runtime restores the ramsnap blob as it is; versions must match exactly. */
+  restoresFrom(recorded: string, running: string): boolean {
+    return bareVersion(recorded) === bareVersion(running);
   }
 
   snapshot(_handle: VmHandle, options: { kind: SnapshotKind }): Promise<never> {
@@ -366,7 +322,7 @@ export class CliRuntimeAdapter implements VmmAdapter {
    * (onto `/dev/shm` when `preload`), locked in RAM when `mlock`, and handed
    * to the binary through the descriptor's `ramSnapshot` mapping.
    */
-  async restore(spec: VmSpec, options: RamRestoreOptions): Promise<StartedVm> {
+  async restore(spec: VmSpec, options: RestoreOptions): Promise<StartedVm> {
     if (options.kind !== "ram" || !this.descriptor.args.ramSnapshot) {
       throw new VmmError(this.name, "restore", `"${options.kind}" snapshots are not mapped`);
     }
@@ -374,17 +330,11 @@ export class CliRuntimeAdapter implements VmmAdapter {
       throw new VmmError(this.name, "restore", `no snapshot at "${options.source}"`, { cause: e });
     });
     if (st.isDirectory) {
-      // The runtime decoded (and preloaded, and locked) the memory image already.
-      if (!spec.memory) throw new VmmError(this.name, "restore", "no memory template was given");
-      const size = (await Deno.stat(spec.memory.path)).size;
-      return await this.#launch(
-        spec,
-        {
-          disks: this.diskFiles(spec),
-          ramSnapshot: { path: spec.memory.path, size },
-        },
-        [],
-        options.signal,
+      throw new VmmError(
+        this.name,
+        "restore",
+        `"${options.source}" is a decoded template; a descriptor runtime restores from the ramsnap blob`,
+        { hint: "restore the artifact's ramSnapshot blob (capabilities.restoreFrom: ramsnap)" },
       );
     }
     const memory = options.preload ? `/dev/shm/ovm-${spec.id}-ram` : join(spec.vmDir, "ram.mem");
@@ -456,12 +406,4 @@ function stagedNames(spec: VmSpec): { kernel: string; initrd?: string; extraDisk
     initrd: spec.initrd ? "initrd" : undefined,
     extraDisks: spec.extraDisks.map((_, i) => `extra-${i}.raw`),
   };
-}
-
-async function removeFiles(handle: VmHandle): Promise<void> {
-  for (const f of handle.runtimeFiles) await Deno.remove(f).catch(() => {});
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }

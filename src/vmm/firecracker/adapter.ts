@@ -11,11 +11,13 @@
  */
 import { join } from "node:path";
 import { ValidationError, VmmError } from "../../errors.ts";
-import { which } from "../../process/mod.ts";
+import { run, which } from "../../process/mod.ts";
 import type {
   AdapterCapabilities,
+  PreparedVm,
+  RestoreOptions,
   SnapshotFiles,
-  SnapshotKind,
+  SnapshotOptions,
   StartedVm,
   StopResult,
   VmHandle,
@@ -23,16 +25,10 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
-import { removeVmFiles } from "../adapter.ts";
+import { bareVersion, removeVmFiles } from "../adapter.ts";
 import { flattenToRaw } from "../descriptor/chain_files.ts";
-import {
-  HttpUnixClient,
-  killVmm,
-  launchApiVmm,
-  probeVersion,
-  vmmAlive,
-  waitGone,
-} from "../http_unix.ts";
+import { HttpUnixClient } from "../http_unix.ts";
+import { launchVmm, probeVersion, terminate, vmmAlive, waitGone } from "../process.ts";
 
 export const FC_SOCKET_NAME = "firecracker.sock";
 export const FC_LOG_NAME = "firecracker.log";
@@ -107,9 +103,14 @@ async function isBzImage(path: string): Promise<boolean> {
 
 export class FirecrackerAdapter implements VmmAdapter {
   readonly name = ADAPTER;
+  readonly kind = "adapter";
+  readonly logName = FC_LOG_NAME;
   readonly capabilities: AdapterCapabilities = {
     devices: [],
     snapshotKinds: ["ram"],
+    restoreKinds: ["ram"],
+    restoreFrom: ["template"],
+    preparedRestore: true,
     diskFormats: ["qcow2", "raw"],
     network: ["none"],
     pause: true,
@@ -165,12 +166,11 @@ export class FirecrackerAdapter implements VmmAdapter {
   async #launch(spec: VmSpec, logFile: string, signal?: AbortSignal) {
     const bin = (await which(this.#binary)) ?? this.#binary;
     const socket = join(spec.vmDir, FC_SOCKET_NAME);
-    return await launchApiVmm(ADAPTER, bin, {
+    return await launchVmm(ADAPTER, bin, {
       args: ["--api-sock", socket],
-      socket,
+      ready: { socket, connect: true },
       cwd: spec.vmDir,
-      logFile,
-      runtimeFiles: [],
+      outputFile: logFile,
       signal,
     });
   }
@@ -184,10 +184,10 @@ export class FirecrackerAdapter implements VmmAdapter {
         await api.request(c.method, c.path, { body: c.body, step: `${c.method} ${c.path}` });
       }
     } catch (e) {
-      await killVmm(ADAPTER, vm.handle).catch(() => {});
+      await terminate(ADAPTER, vm.handle).catch(() => {});
       throw e;
     }
-    return { handle: vm.handle, exited: vm.exited, release: () => vm.proc.child.unref() };
+    return vm;
   }
 
   async status(handle: VmHandle): Promise<VmStatus> {
@@ -244,18 +244,20 @@ export class FirecrackerAdapter implements VmmAdapter {
         if (await waitGone(handle, options.timeoutMs ?? 10_000)) return { how: "poweroff" };
       }
       // Firecracker has no shutdown call: a signal ends the VMM.
-      await killVmm(ADAPTER, handle);
+      await terminate(ADAPTER, handle);
       return { how: "killed" };
     } finally {
       await removeVmFiles(handle);
     }
   }
 
-  /** Pauses the VM and writes `dest/device-state` (the microVM state) and `dest/memory`. */
-  async snapshot(
-    handle: VmHandle,
-    options: { kind: SnapshotKind; dest: string; signal?: AbortSignal },
-  ): Promise<SnapshotFiles> {
+  /**
+   * Pauses the VM and writes `dest/device-state` (the microVM state) and
+   * `dest/memory`. The disk is the instance's flattened raw file, converted
+   * to a self-contained qcow2 (zeros skipped): the whole disk, compact, and
+   * a restore flattens it to raw again.
+   */
+  async snapshot(handle: VmHandle, options: SnapshotOptions): Promise<SnapshotFiles> {
     if (options.kind !== "ram") {
       throw new VmmError(ADAPTER, "snapshot", `"${options.kind}" snapshots are not supported`);
     }
@@ -272,59 +274,111 @@ export class FirecrackerAdapter implements VmmAdapter {
       timeoutMs: 600_000,
       signal: options.signal,
     });
-    const mib = (config.body as { "machine-config"?: { mem_size_mib?: number } })
-      ?.["machine-config"]?.mem_size_mib;
+    const body = config.body as {
+      "machine-config"?: { mem_size_mib?: number };
+      "boot-source"?: { boot_args?: string };
+    };
+    const mib = body?.["machine-config"]?.mem_size_mib;
     const st = await Deno.stat(memory).catch((e) => {
       throw new VmmError(ADAPTER, "snapshot", `no memory file at "${memory}"`, { cause: e });
     });
+    let disk: SnapshotFiles["disk"];
+    if (options.overlay) {
+      const copy = join(options.dest, "disk.qcow2");
+      const raw = join(options.vmDir, FC_ROOT_NAME);
+      await run(this.#qemuImg, ["convert", "-f", "raw", "-O", "qcow2", raw, copy], {
+        signal: options.signal,
+      });
+      disk = { path: copy, whole: true };
+    }
     return {
       memory,
       memoryBytes: mib ? mib * (1 << 20) : st.size,
       deviceState,
       vmmVersion: (version.body as { firecracker_version: string }).firecracker_version,
+      machine: ADAPTER,
+      cmdline: body?.["boot-source"]?.boot_args ?? "",
+      ...(disk ? { disk } : {}),
     };
   }
 
+  /** {@linkcode prepareRestore}, then the load resumes the guest. */
+  async restore(spec: VmSpec, options: RestoreOptions): Promise<StartedVm> {
+    const prepared = await this.prepareRestore(spec, options);
+    try {
+      await prepared.load();
+      return prepared.vm;
+    } catch (e) {
+      await terminate(ADAPTER, prepared.vm.handle).catch(() => {});
+      throw e;
+    } finally {
+      prepared.close();
+    }
+  }
+
   /**
-   * Loads `source/device-state` with the File memory backend on
-   * `spec.memory.path` (the preloaded template), points the root drive at
-   * this instance's raw copy, then resumes. The serial console of a restored
-   * Firecracker goes to its stdout, so that is the console log here.
+   * Starts Firecracker; `load` is `PUT /snapshot/load` with the File memory
+   * backend on `spec.memory.path` (the preloaded template), the root drive
+   * pointed at this instance's raw copy, then (unless kept paused) resumed.
+   * The serial console of a restored Firecracker goes to its stdout, so
+   * that is the console log here.
    */
-  async restore(
+  async prepareRestore(
     spec: VmSpec,
-    options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
-  ): Promise<StartedVm> {
+    options: RestoreOptions & { paused?: boolean },
+  ): Promise<PreparedVm> {
     if (options.kind !== "ram") {
       throw new VmmError(ADAPTER, "restore", `"${options.kind}" snapshots are not supported`);
     }
-    if (!spec.memory) throw new VmmError(ADAPTER, "restore", "no memory template was given");
+    const memory = spec.memory;
+    if (!memory) throw new VmmError(ADAPTER, "restore", "no memory template was given");
     await this.#check(spec);
     const vm = await this.#launch(spec, spec.consoleLog, options.signal);
+    let version: string;
     try {
       using api = client(vm.handle);
-      await api.request("PUT", "/snapshot/load", {
-        body: {
-          snapshot_path: join(options.source, "device-state"),
-          mem_backend: { backend_type: "File", backend_path: spec.memory.path },
-          resume_vm: false,
-        },
-        step: "PUT /snapshot/load",
-        timeoutMs: 600_000,
-        signal: options.signal,
-      });
-      if (spec.rootDisk) {
-        await api.request("PATCH", "/drives/root", {
-          body: { drive_id: "root", path_on_host: join(spec.vmDir, FC_ROOT_NAME) },
-          step: "PATCH /drives/root",
-        });
-      }
-      await api.request("PATCH", "/vm", { body: { state: "Resumed" }, step: "PATCH /vm Resumed" });
+      version = ((await api.request("GET", "/version", { step: "GET /version" })).body as {
+        firecracker_version: string;
+      }).firecracker_version;
     } catch (e) {
-      await killVmm(ADAPTER, vm.handle).catch(() => {});
+      await terminate(ADAPTER, vm.handle).catch(() => {});
       throw e;
     }
-    return { handle: vm.handle, exited: vm.exited, release: () => vm.proc.child.unref() };
+    const resume = async () => {
+      using api = client(vm.handle);
+      await api.request("PATCH", "/vm", { body: { state: "Resumed" }, step: "PATCH /vm Resumed" });
+    };
+    return {
+      vm,
+      version,
+      async load(o = {}) {
+        using api = client(vm.handle);
+        await api.request("PUT", "/snapshot/load", {
+          body: {
+            snapshot_path: join(options.source, "device-state"),
+            mem_backend: { backend_type: "File", backend_path: memory.path },
+            resume_vm: false,
+          },
+          step: "PUT /snapshot/load",
+          timeoutMs: o.timeoutMs ?? 600_000,
+          signal: options.signal,
+        });
+        if (spec.rootDisk) {
+          await api.request("PATCH", "/drives/root", {
+            body: { drive_id: "root", path_on_host: join(spec.vmDir, FC_ROOT_NAME) },
+            step: "PATCH /drives/root",
+          });
+        }
+        if (o.resume ?? true) await resume();
+      },
+      resume,
+      close() {},
+    };
+  }
+
+  /** Firecracker loads only a snapshot of its own version. */
+  restoresFrom(recorded: string, running: string): boolean {
+    return bareVersion(recorded) === bareVersion(running);
   }
 }
 

@@ -8,19 +8,14 @@
  */
 import { join } from "node:path";
 import { ConflictError, ValidationError, VmmError } from "../../errors.ts";
-import {
-  processStartTime,
-  run,
-  signalPid,
-  spawn,
-  type SpawnOptions,
-  which,
-} from "../../process/mod.ts";
-import { exists, tailLines } from "../../util/fs.ts";
+import { run, which } from "../../process/mod.ts";
+import { tailLines } from "../../util/fs.ts";
 import type {
   AdapterCapabilities,
+  PreparedVm,
+  RestoreOptions,
   SnapshotFiles,
-  SnapshotKind,
+  SnapshotOptions,
   StartedVm,
   StopResult,
   VmHandle,
@@ -28,7 +23,8 @@ import type {
   VmSpec,
   VmStatus,
 } from "../adapter.ts";
-import { removeVmFiles } from "../adapter.ts";
+import { MAX_DEVICE_STATE, removeVmFiles } from "../adapter.ts";
+import { launchVmm, probeVersion, sleep, terminate, vmmAlive, waitGone } from "../process.ts";
 import { buildQemuCommand, MIGRATION_SOCKET_NAME, QMP_SOCKET_NAME, ramPath } from "./cmdline.ts";
 import { QmpClient } from "./qmp.ts";
 
@@ -45,8 +41,10 @@ export interface IncomingVm {
   version: string;
 }
 
-/** Largest device-state stream ovm loads (guest RAM is not in it). */
-export const MAX_DEVICE_STATE = 256 << 20;
+export { MAX_DEVICE_STATE };
+
+/** The machine type of every QEMU VM (a snapshot restores only into the same). */
+export const QEMU_MACHINE = "q35";
 
 export const QEMU_LOG_NAME = "qemu.log";
 
@@ -58,9 +56,14 @@ export interface QemuAdapterOptions {
 
 export class QemuAdapter implements VmmAdapter {
   readonly name = "qemu";
+  readonly kind = "adapter";
+  readonly logName = QEMU_LOG_NAME;
   readonly capabilities: AdapterCapabilities = {
     devices: ["ivshmem"],
     snapshotKinds: ["ram"],
+    restoreKinds: ["ram"],
+    restoreFrom: ["template"],
+    preparedRestore: true,
     diskFormats: ["qcow2", "raw"],
     network: ["none", "user"],
     pause: true,
@@ -73,15 +76,17 @@ export class QemuAdapter implements VmmAdapter {
     this.#qemuImg = options.qemuImg ?? "qemu-img";
   }
 
-  async available(): Promise<{ ok: true; version: string } | { ok: false; reason: string }> {
-    // Only a PATH lookup: this runs on every `ovm run`, and spawning
-    // `qemu --version` there costs tens of ms. The QMP greeting has the version.
+  async available(
+    options: { probeVersion?: boolean } = {},
+  ): Promise<{ ok: true; version: string } | { ok: false; reason: string }> {
+    // Only a PATH lookup unless asked: this runs on every `ovm run`, and
+    // spawning `qemu --version` there costs tens of ms. The QMP greeting has the version.
     const bin = await which(this.#binary);
     if (!bin) return { ok: false, reason: `"${this.#binary}" is not installed` };
     if (!(await which(this.#qemuImg))) {
       return { ok: false, reason: `"${this.#qemuImg}" is not installed` };
     }
-    return { ok: true, version: "unknown" };
+    return { ok: true, version: options.probeVersion ? await probeVersion(bin) : "unknown" };
   }
 
   async prepare(spec: VmSpec): Promise<void> {
@@ -164,66 +169,19 @@ export class QemuAdapter implements VmmAdapter {
   ): Promise<StartedVm> {
     const cmd = buildQemuCommand(spec, { incoming, paused });
     const bin = (await which(this.#binary)) ?? this.#binary;
-    const qemuLog = join(spec.vmDir, QEMU_LOG_NAME);
-    const spawnOptions: SpawnOptions = {
-      cwd: spec.vmDir,
-      passFiles: cmd.passFiles,
-      dropTo: spec.runAs,
-      newSession: true,
-      outputFile: qemuLog,
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    };
-    const proc = spawn(bin, cmd.args, spawnOptions);
-    const startTime = await processStartTime(proc.pid);
-    const handle: VmHandle = {
-      adapter: this.name,
-      pid: proc.pid,
-      pidStartTime: startTime,
-      controlSocket: join(spec.vmDir, cmd.qmpSocketName),
-      runtimeFiles: cmd.runtimeFiles,
-      devices: cmd.devices,
-      argv: [bin, ...cmd.args],
-    };
-    const exited = proc.status.then((s) => ({
-      code: s.code,
-      ...(s.signal ? { signal: s.signal } : {}),
-    }));
     // QEMU creates the QMP socket during startup; failing before that means a
     // bad command line or an unopenable file, which qemu.log explains.
-    const deadline = Date.now() + 15_000;
-    while (true) {
-      if (proc.exited) {
-        const tail = await tailLines(qemuLog, 20);
-        await removeVmFiles(handle);
-        throw new VmmError("qemu", "start", `qemu exited with code ${proc.exited.code}`, {
-          hint: tail ? `qemu said:\n${tail}` : undefined,
-        });
-      }
-      if (await exists(handle.controlSocket)) break;
-      if (options.signal?.aborted || Date.now() > deadline) {
-        await proc.stop(1000);
-        await removeVmFiles(handle);
-        if (options.signal?.aborted) throw options.signal.reason;
-        throw new VmmError("qemu", "start", "qemu did not open its QMP socket within 15 s");
-      }
-      await sleep(5);
-    }
-    return {
-      handle,
-      exited,
-      release: () => {
-        proc.child.unref();
-      },
-    };
-  }
-
-  /** True while the VM's process (the same one, not a recycled pid) runs. */
-  async #alive(handle: VmHandle): Promise<boolean> {
-    const st = await processStartTime(handle.pid);
-    if (st === undefined) return false;
-    return handle.pidStartTime === undefined || st === handle.pidStartTime;
+    return await launchVmm(this.name, bin, {
+      args: cmd.args,
+      cwd: spec.vmDir,
+      outputFile: join(spec.vmDir, QEMU_LOG_NAME),
+      ready: { socket: join(spec.vmDir, cmd.qmpSocketName) },
+      passFiles: cmd.passFiles,
+      runAs: spec.runAs,
+      runtimeFiles: cmd.runtimeFiles,
+      devices: cmd.devices,
+      signal: options.signal,
+    });
   }
 
   async #connect(handle: VmHandle, timeoutMs = 5000, retryMs = 0): Promise<QmpClient> {
@@ -235,7 +193,7 @@ export class QemuAdapter implements VmmAdapter {
   }
 
   async status(handle: VmHandle): Promise<VmStatus> {
-    if (!(await this.#alive(handle))) return { state: "stopped", detail: "no process" };
+    if (!(await vmmAlive(handle))) return { state: "stopped", detail: "no process" };
     try {
       await using qmp = await this.#connect(handle, 3000);
       const s = await qmp.execute<{ status: string; running: boolean }>("query-status");
@@ -286,7 +244,7 @@ export class QemuAdapter implements VmmAdapter {
     handle: VmHandle,
     options: { timeoutMs?: number; force?: boolean } = {},
   ): Promise<StopResult> {
-    if (!(await this.#alive(handle))) {
+    if (!(await vmmAlive(handle))) {
       await removeVmFiles(handle);
       return { how: "already-stopped" };
     }
@@ -305,7 +263,7 @@ export class QemuAdapter implements VmmAdapter {
           keys: ["ctrl", "alt", "delete"].map((k) => ({ type: "qcode", data: k })),
         }).catch(() => {});
         await qmp.execute("system_powerdown").catch(() => {});
-        if (await this.#waitGone(handle, options.timeoutMs ?? 10_000)) {
+        if (await waitGone(handle, options.timeoutMs ?? 10_000)) {
           return { how };
         }
       }
@@ -313,15 +271,10 @@ export class QemuAdapter implements VmmAdapter {
       if (qmp) {
         // QEMU flushes the overlay and exits; the guest sees a power cut.
         await qmp.execute("quit", undefined, { timeoutMs: 2000 }).catch(() => {});
-        if (await this.#waitGone(handle, 3000)) return { how };
+        if (await waitGone(handle, 3000)) return { how };
       }
       how = "killed";
-      signalPid(handle.pid, "SIGTERM");
-      if (await this.#waitGone(handle, 2000)) return { how };
-      signalPid(handle.pid, "SIGKILL");
-      if (!(await this.#waitGone(handle, 5000))) {
-        throw new VmmError("qemu", "stop", `process ${handle.pid} survived SIGKILL`);
-      }
+      await terminate(this.name, handle);
       return { how };
     } finally {
       qmp?.close();
@@ -329,26 +282,28 @@ export class QemuAdapter implements VmmAdapter {
     }
   }
 
-  async #waitGone(handle: VmHandle, ms: number): Promise<boolean> {
-    const deadline = Date.now() + ms;
-    while (Date.now() < deadline) {
-      if (!(await this.#alive(handle))) return true;
-      await sleep(50);
-    }
-    return !(await this.#alive(handle));
-  }
-
-  async snapshot(
-    handle: VmHandle,
-    options: {
-      kind: SnapshotKind;
-      dest: string;
-      signal?: AbortSignal;
-      runAs?: { uid: number; gid: number };
-    },
-  ): Promise<SnapshotFiles> {
+  /**
+   * Device state through a migration with `x-ignore-shared` (guest RAM stays
+   * in the VM's shared memory file, consistent while the VM stays paused);
+   * the overlay copied once the migration has flushed and inactivated it.
+   */
+  async snapshot(handle: VmHandle, options: SnapshotOptions): Promise<SnapshotFiles> {
     if (options.kind !== "ram") {
       throw new ValidationError(`Snapshot kind "${options.kind}" is not supported by qemu`);
+    }
+    const shared = handle.devices.filter((d) => d.type === "ivshmem");
+    if (shared.length > 0) {
+      // With x-ignore-shared, QEMU 7.2 checks each shared region's guest-physical
+      // address while loading RAM, before the PCI state that maps the ivshmem BAR
+      // is loaded: the restore fails ("Mismatched GPAs"). Refuse before pausing.
+      throw new ConflictError(
+        `The VM has ivshmem device "${shared[0].name}": QEMU cannot restore a RAM ` +
+          "snapshot of a VM with shared-memory devices",
+        {
+          hint: "snapshot an artifact without ivshmem devices (its shared regions are host " +
+            "state that a snapshot could not carry anyway)",
+        },
+      );
     }
     const ram = await guestRam(handle);
     await using qmp = await this.#connect(handle);
@@ -408,7 +363,23 @@ export class QemuAdapter implements VmmAdapter {
         if (Date.now() > deadline) throw new VmmError("qemu", "snapshot", "migration timed out");
         await sleep(5);
       }
-      return { ...ram, deviceState: dest, vmmVersion: qmp.version };
+      let disk: SnapshotFiles["disk"];
+      if (options.overlay) {
+        // After the migration QEMU has flushed and inactivated the overlay:
+        // it is consistent with the RAM until the guest resumes. It names no
+        // backing file (the chain is set on the command line).
+        disk = { path: join(options.dest, "disk.qcow2"), whole: false };
+        await Deno.copyFile(options.overlay, disk.path);
+      }
+      const argv = handle.argv;
+      return {
+        ...ram,
+        deviceState: dest,
+        vmmVersion: qmp.version,
+        machine: QEMU_MACHINE,
+        cmdline: argv[argv.indexOf("-append") + 1] ?? "",
+        ...(disk ? { disk } : {}),
+      };
     } catch (e) {
       await Deno.remove(dest).catch(() => {});
       // Leave the source as it was: running.
@@ -528,24 +499,50 @@ export class QemuAdapter implements VmmAdapter {
     }
   }
 
-  async restore(
+  async restore(spec: VmSpec, options: RestoreOptions): Promise<StartedVm> {
+    const prepared = await this.prepareRestore(spec, options);
+    try {
+      await prepared.load();
+      return prepared.vm;
+    } catch (e) {
+      await this.stop(prepared.vm.handle, { force: true }).catch(() => {});
+      throw e;
+    } finally {
+      prepared.close();
+    }
+  }
+
+  /**
+   * {@linkcode startIncoming}; `load` streams `source/device-state` in
+   * ({@linkcode loadState}), `resume` is `cont` (`cont` returns once the
+   * vCPUs run: QEMU emits RESUME before replying).
+   */
+  async prepareRestore(
     spec: VmSpec,
-    options: { kind: SnapshotKind; source: string; signal?: AbortSignal },
-  ): Promise<StartedVm> {
+    options: RestoreOptions & { paused?: boolean },
+  ): Promise<PreparedVm> {
     if (options.kind !== "ram") {
       throw new ValidationError(`Snapshot kind "${options.kind}" is not supported by qemu`);
     }
-    const state = await Deno.readFile(join(options.source, "device-state"));
     const incoming = await this.startIncoming(spec, options);
-    try {
-      await this.loadState(incoming, state);
-      return incoming.vm;
-    } catch (e) {
-      await this.stop(incoming.vm.handle, { force: true }).catch(() => {});
-      throw e;
-    } finally {
-      incoming.qmp.close();
-    }
+    return {
+      vm: incoming.vm,
+      version: incoming.version,
+      load: async (o = {}) => {
+        const state = await Deno.readFile(join(options.source, "device-state"));
+        await this.loadState(incoming, state, { resume: o.resume, timeoutMs: o.timeoutMs });
+      },
+      resume: async () => {
+        await incoming.qmp.execute("cont");
+      },
+      close: () => incoming.qmp.close(),
+    };
+  }
+
+  /** QEMU keeps migration compatible within a release's machine type: "7.2.22" loads "7.2.x". */
+  restoresFrom(recorded: string, running: string): boolean {
+    const release = (v: string) => v.split(".").slice(0, 2).join(".");
+    return release(recorded) === release(running);
   }
 }
 
@@ -580,10 +577,6 @@ async function guestRam(handle: VmHandle): Promise<{ memory: string; memoryBytes
   throw new VmmError("qemu", "snapshot", "the VM has no RAM file to snapshot", {
     hint: "it was started by an older ovm (memfd RAM); snapshot a VM booted by this ovm",
   });
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 export { QMP_SOCKET_NAME, ramPath };

@@ -3,6 +3,6 @@
  * The QEMU backend: adapter, command-line builder, QMP client, accelerator choice.
  */
 export * from "./adapter.ts";
-export * from "./accel.ts";
+export * from "../accel.ts";
 export * from "./cmdline.ts";
 export * from "./qmp.ts";

@@ -1,6 +1,6 @@
 // Fills a warm pool of one VM for a snapshot, says so, and waits to be killed
 // (the test SIGKILLs it to leave an orphaned pooled QEMU behind).
-import { WarmPool } from "../../../src/runtime/snapshot.ts";
+import { WarmPool } from "../../../src/runtime/mod.ts";
 
 const [home, ref] = Deno.args;
 const pool = new WarmPool(home, { size: 1 });

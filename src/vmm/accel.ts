@@ -5,8 +5,8 @@
  * PVM (`kvm_pvm`, a nested-virtualization flavour where stock kernels hang).
  * Anything else falls back to TCG, with the reason, which the caller says once.
  */
-import { ValidationError } from "../../errors.ts";
-import type { Accel } from "../adapter.ts";
+import { ValidationError } from "../errors.ts";
+import type { Accel } from "./adapter.ts";
 
 export type AccelRequest = Accel | "auto";
 

@@ -1,0 +1,207 @@
+/**
+ * @module
+ * The memory templates of RAM snapshots (spec §8.3): a ramsnap blob decoded
+ * once per digest into the host-wide tmpfs cache `/dev/shm/ovm/snapshots/<hex>/`
+ * (`memory` and `device-state`), that every restore of the snapshot maps
+ * privately (copy-on-write: the template is never written, clones share its
+ * clean pages). The process that restores `mlock_required` snapshots (the
+ * foreground `ovm run`, `ovm serve`) owns the locks that keep their templates
+ * resident. Each ovm home marks the templates it uses, so `ovm gc` drops only
+ * what no home needs.
+ */
+import { join, resolve } from "node:path";
+import { NotFoundError, ValidationError } from "../errors.ts";
+import { type Digest, sha256Hex } from "../manifest/mod.ts";
+import type { Artifact, ContentStore } from "../store/mod.ts";
+import { decodeRamsnap, readRamsnapLayout } from "../snapshot/mod.ts";
+import { lockFileInMemory, type Mapping } from "../../ffi/mod.ts";
+import { MAX_DEVICE_STATE } from "../vmm/mod.ts";
+import { exists } from "../util/fs.ts";
+import type { RestoreRecord } from "./restore_record.ts";
+import { snapshotGid } from "./vm_spec.ts";
+
+/** Where decoded snapshots live: tmpfs, shared by every ovm home (content-addressed). */
+export const SNAPSHOT_CACHE = "/dev/shm/ovm/snapshots";
+
+/** The decoded files of one snapshot. */
+export interface SnapshotTemplate {
+  dir: string;
+  memory: string;
+  deviceState: string;
+  memoryBytes: number;
+}
+
+/** Mappings that keep `mlock_required` templates resident while this process lives. */
+const LOCKS = new Map<string, Mapping>();
+
+/**
+ * Decodes a snapshot's ramsnap blob into the tmpfs cache (once per digest)
+ * and returns the template. Refuses before writing when the blob's sections
+ * exceed the recorded sizes or free memory; leaves nothing behind on failure.
+ */
+export async function ensureTemplate(
+  store: ContentStore,
+  artifact: Artifact,
+  record: RestoreRecord,
+  options: { signal?: AbortSignal; lock?: boolean } = {},
+): Promise<SnapshotTemplate> {
+  const ram = artifact.manifest.ramSnapshot!;
+  const digest = ram.ref as Digest;
+  if (!(await store.has(digest))) {
+    throw new NotFoundError(`The RAM snapshot blob "${digest}" is not in the store`, {
+      hint: "pull the snapshot again with 'ovm pull'",
+    });
+  }
+  const hex = digest.slice(7);
+  const dir = join(SNAPSHOT_CACHE, hex);
+  const tpl: SnapshotTemplate = {
+    dir,
+    memory: join(dir, "memory"),
+    deviceState: join(dir, "device-state"),
+    memoryBytes: record.memoryBytes,
+  };
+  if (!(await exists(tpl.deviceState)) || !(await exists(tpl.memory))) {
+    await decodeTemplate(store.blobPath(digest), tpl, record, options.signal);
+  }
+  await markTemplateUser(digest, store.paths.home);
+  if (ram.mlock_required && options.lock !== false && !LOCKS.has(hex)) {
+    // This process holds the lock: the foreground `ovm run` or `ovm serve`.
+    LOCKS.set(hex, lockFileInMemory(tpl.memory, record.memoryBytes));
+  }
+  return tpl;
+}
+
+async function decodeTemplate(
+  blob: string,
+  tpl: SnapshotTemplate,
+  record: RestoreRecord,
+  signal?: AbortSignal,
+): Promise<void> {
+  const layout = await readRamsnapLayout(blob);
+  const mem = layout.header.sections.find((s) => s.name === "memory");
+  if (!mem || mem.size !== record.memoryBytes) {
+    throw new ValidationError(
+      `RAM snapshot "${blob}" is invalid: its memory section is ${mem?.size ?? "missing"} bytes, ` +
+        `the snapshot declares ${record.memoryBytes}`,
+      { hint: "the blob is corrupt; pull or create the snapshot again" },
+    );
+  }
+  const needed = layout.header.sections.reduce((n, s) => n + s.size, 0);
+  const free = Deno.systemMemoryInfo().available;
+  if (needed > free) {
+    throw new ValidationError(
+      `Restoring needs ${needed} bytes of memory for the snapshot, only ${free} are available`,
+      { hint: "stop other VMs or remove cached snapshots under " + SNAPSHOT_CACHE },
+    );
+  }
+  const tmp = await newTemplateDir();
+  try {
+    await decodeRamsnap(blob, {
+      memory: join(tmp, "memory"),
+      "device-state": join(tmp, "device-state"),
+    }, {
+      limits: { memory: record.memoryBytes, "device-state": MAX_DEVICE_STATE },
+      signal,
+    });
+    await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`);
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+/** A fresh directory in the template cache to assemble a template in. */
+export async function newTemplateDir(): Promise<string> {
+  await Deno.mkdir(SNAPSHOT_CACHE, { recursive: true, mode: 0o711 });
+  await Deno.chmod("/dev/shm/ovm", 0o711).catch(() => {});
+  await Deno.chmod(SNAPSHOT_CACHE, 0o711).catch(() => {});
+  const tmp = join(SNAPSHOT_CACHE, `.tmp-${crypto.randomUUID()}`);
+  await Deno.mkdir(tmp, { mode: 0o711 });
+  return tmp;
+}
+
+/**
+ * Moves a directory holding `memory` and `device-state` into the cache as
+ * the template of ramsnap blob `digest` (or drops it when one is there).
+ */
+export async function installTemplate(tmp: string, digest: string): Promise<void> {
+  // QEMU 7.2 opens a private memory file read-write (it has no read-only
+  // RAM backend that stays writable for the guest): the snapshot's group
+  // may open it, and its mapping is MAP_PRIVATE so no write reaches it.
+  await Deno.chmod(join(tmp, "memory"), 0o660);
+  if (Deno.uid() === 0) await Deno.chown(join(tmp, "memory"), 0, snapshotGid(digest));
+  const dir = join(SNAPSHOT_CACHE, digest.replace(/^sha256:/, ""));
+  try {
+    await Deno.rename(tmp, dir);
+  } catch (e) {
+    // Another ovm decoded the same snapshot first: use theirs.
+    if (!(await exists(join(dir, "device-state")))) throw e;
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Removes a decoded snapshot from the tmpfs cache (its running clones keep their mappings). */
+export async function dropTemplate(ramsnapDigest: string): Promise<void> {
+  const hex = ramsnapDigest.replace(/^sha256:/, "");
+  const m = LOCKS.get(hex);
+  if (m) {
+    m[Symbol.dispose]();
+    LOCKS.delete(hex);
+  }
+  await Deno.remove(join(SNAPSHOT_CACHE, hex), { recursive: true }).catch(() => {});
+}
+
+/** The marker a home leaves in a template it uses: the cache is shared by every home. */
+function homeMarker(home: string): string {
+  return sha256Hex(resolve(home)).slice(0, 16);
+}
+
+/** Records that `home` uses the decoded template of ramsnap `digest`. */
+export async function markTemplateUser(digest: string, home: string): Promise<void> {
+  const dir = join(SNAPSHOT_CACHE, digest.replace(/^sha256:/, ""), "homes");
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 }).catch(() => {});
+  await Deno.writeTextFile(join(dir, homeMarker(home)), resolve(home) + "\n").catch(() => {});
+}
+
+/**
+ * Drops the decoded templates (in the host-wide cache) that no ovm home uses
+ * any more: for each snapshot this store no longer holds, this home's marker
+ * goes; a template with no marker left is removed. Running clones keep their
+ * private mappings of a dropped file; a later restore decodes again. Returns
+ * what was (or, with `dryRun`, would be) removed and the tmpfs bytes freed.
+ */
+export async function pruneTemplates(
+  store: ContentStore,
+  options: { dryRun?: boolean } = {},
+): Promise<{ removed: string[]; freedBytes: number }> {
+  const removed: string[] = [];
+  let freedBytes = 0;
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(SNAPSHOT_CACHE));
+  } catch {
+    return { removed, freedBytes };
+  }
+  const mine = homeMarker(store.paths.home);
+  for (const e of entries) {
+    if (!e.isDirectory || !/^[a-f0-9]{64}$/.test(e.name)) continue;
+    const digest = `sha256:${e.name}`;
+    if (await store.has(digest)) continue;
+    const homes = join(SNAPSHOT_CACHE, e.name, "homes");
+    const users = (await Array.fromAsync(Deno.readDir(homes)).catch(() => []))
+      .map((m) => m.name);
+    if (users.some((u) => u !== mine)) {
+      // Another home still uses it: only this home lets go.
+      if (!options.dryRun) await Deno.remove(join(homes, mine)).catch(() => {});
+      continue;
+    }
+    for (const f of ["memory", "device-state"]) {
+      const st = await Deno.stat(join(SNAPSHOT_CACHE, e.name, f)).catch(() => null);
+      // Templates are sparse: count the blocks in use, not the length.
+      freedBytes += st ? (st.blocks ?? 0) * 512 : 0;
+    }
+    removed.push(digest);
+    if (!options.dryRun) await dropTemplate(digest);
+  }
+  return { removed, freedBytes };
+}
