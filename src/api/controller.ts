@@ -16,7 +16,6 @@ import {
   importExportDir,
   type InstanceState,
   InstanceStore,
-  isActive,
   isExportDir,
   listInstances,
   newInstanceId,
@@ -26,21 +25,18 @@ import {
   startInstance,
   stopInstance,
   TransitionRefusedError,
-  type VmState,
   type WarmPool,
 } from "../runtime/mod.ts";
-import { pidAlive } from "../process/mod.ts";
 import { enforcePolicy } from "../sign/mod.ts";
 import { parseReference } from "../oci/reference.ts";
 import { adapterNames } from "../vmm/mod.ts";
 import { VERSION } from "../version.ts";
-import { cpuTimeMs, diskUsage, memoryUse } from "./metrics.ts";
+import { claimState, isClaim, type Known, statusOf, summary } from "./views.ts";
 import { inject } from "./inject.ts";
 import { logStream } from "./log_stream.ts";
 import {
   API_VERSION,
   type InstancesResponse,
-  type InstanceSummary,
   type SnapshotResponse,
   type StartResponse,
   type StatusResponse,
@@ -88,18 +84,6 @@ export interface ControllerOptions {
    * pool holds takes a prepared QEMU instead of restoring from scratch.
    */
   pool?: WarmPool;
-}
-
-/** What the controller knows of an instance: its state, or the claim of a start not yet resolved. */
-type Known = InstanceState | StartClaim;
-
-function isClaim(k: Known): k is StartClaim {
-  return !("state" in k);
-}
-
-/** A claim's state: starting while the ovm that claimed it lives, else error. */
-function claimState(c: StartClaim): VmState {
-  return c.reason !== undefined || !pidAlive(c.ownerPid) ? "error" : "starting";
 }
 
 export class Controller {
@@ -402,83 +386,17 @@ export class Controller {
     };
   }
 
-  #summary(k: Known): InstanceSummary {
-    if (isClaim(k)) {
-      const state = claimState(k);
-      const reason = k.reason ??
-        (state === "error" ? `ovm (pid ${k.ownerPid}) exited while starting the VM` : undefined);
-      return {
-        instance_id: k.id,
-        state,
-        ...(reason ? { reason } : {}),
-        manifest: k.ref,
-        created_at: k.createdAt,
-      };
-    }
-    return {
-      instance_id: k.id,
-      state: k.state,
-      ...(k.reason ? { reason: k.reason } : {}),
-      manifest: k.ref,
-      manifest_digest: k.manifestDigest,
-      name: k.name,
-      version: k.version,
-      runtime: k.adapter,
-      ...(k.pid && isActive(k) ? { pid: k.pid } : {}),
-      created_at: k.createdAt,
-      ...(k.exitCode !== undefined ? { exit_code: k.exitCode } : {}),
-    };
-  }
-
   async #list(): Promise<InstancesResponse> {
     const known: Known[] = [
       ...await listInstances(this.home),
       ...await this.#instances.listClaims(),
     ];
     known.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-    return { instances: known.map((k) => this.#summary(k)) };
+    return { instances: known.map(summary) };
   }
 
   async #status(id: string): Promise<StatusResponse> {
-    const s = await this.#known(id);
-    const dir = this.#instances.paths(id).dir;
-    if (isClaim(s)) {
-      return {
-        ...this.#summary(s),
-        uptime_ms: null,
-        devices: [],
-        metrics: {
-          cpu_time_ms: null,
-          rss_bytes: null,
-          pss_bytes: null,
-          disk_bytes: await diskUsage(dir),
-          start_ms: null,
-          boot_ms: null,
-          restore_ms: null,
-        },
-      };
-    }
-    const live = isActive(s) && s.pid !== undefined;
-    const mem = live ? await memoryUse(s.pid!) : { rss: null, pss: null };
-    const started = s.startedAt ? Date.parse(s.startedAt) : undefined;
-    const end = isActive(s) ? Date.now() : s.stoppedAt ? Date.parse(s.stoppedAt) : undefined;
-    return {
-      ...this.#summary(s),
-      uptime_ms: started !== undefined && end !== undefined ? Math.max(0, end - started) : null,
-      accel: s.accel,
-      memory_bytes: s.memoryBytes,
-      cpus: s.cpus,
-      devices: s.devices.map((d) => ({ type: d.type, name: d.name, size: d.size })),
-      metrics: {
-        cpu_time_ms: live ? await cpuTimeMs(s.pid!) : null,
-        rss_bytes: mem.rss,
-        pss_bytes: mem.pss,
-        disk_bytes: await diskUsage(dir),
-        start_ms: started !== undefined ? Math.max(0, started - Date.parse(s.createdAt)) : null,
-        boot_ms: s.bootMs ?? null,
-        restore_ms: s.restored ? s.bootMs ?? null : null,
-      },
-    };
+    return await statusOf(await this.#known(id), this.#instances.paths(id).dir);
   }
 }
 

@@ -26,12 +26,11 @@ import { encodeRamsnap, RAMSNAP_VERSION } from "../snapshot/mod.ts";
 import { SystemAnnotations } from "../system/mod.ts";
 import { pushFromStore } from "../oci/mod.ts";
 import { getAdapter, type SnapshotFiles } from "../vmm/mod.ts";
-import { dataRanges } from "../../ffi/mod.ts";
-import { type InstanceState, InstanceStore } from "./instance.ts";
+import { type InstanceState, InstanceStore, type VmPaths } from "./instance.ts";
 import { getInstance, stopInstance } from "./lifecycle.ts";
 import { RESTORE_ANNOTATION, type RestoreRecord } from "./restore_record.ts";
 import { assertAllowed } from "./state_machine.ts";
-import { installTemplate, markTemplateUser, newTemplateDir } from "./template_cache.ts";
+import { installTemplate, markTemplateUser, newTemplateDir, sparseCopy } from "./template_cache.ts";
 
 export interface SnapshotOptions {
   /** Local ref for the new artifact (`name:tag`). */
@@ -103,45 +102,21 @@ export async function snapshotInstance(
         signal: options.signal,
       });
       captured = true;
-      // The guest's memory, copied sparsely into what becomes this
-      // snapshot's template (the first local restore needs no decode), so
-      // the source can resume before the slow part, compression.
-      template = await newTemplateDir();
-      progress(`copying ${files.memoryBytes} bytes of guest memory`);
-      await sparseCopy(files.memory, join(template, "memory"), files.memoryBytes, {
-        offset: files.memoryOffset,
+      const ram = await captureRam(store, files, {
+        state,
+        base,
+        paths,
+        finishSource,
+        progress,
         signal: options.signal,
+        onTemplate: (dir) => (template = dir),
       });
-      await Deno.copyFile(files.deviceState, join(template, "device-state"));
-      const deviceStateBytes = (await Deno.stat(files.deviceState)).size;
-      const configDiskBytes = await Deno.stat(paths.configDisk).then(
-        (s) => s.size,
-        () => undefined,
-      );
-      // The disk diff first (small), then the RAM, then let the source go on.
-      const diskLayers = await captureDisk(store, base, files, options.signal);
-      const record = restoreRecord(state, files, {
-        diskLayers,
-        devices: base.manifest.devices.map((d) => d.name),
-        configDiskBytes,
-      });
-      await finishSource();
-      progress(`compressing ${files.memoryBytes} bytes of guest memory`);
-      const ram = await store.ingest(
-        encodeRamsnap([
-          { name: "memory", path: join(template, "memory"), size: files.memoryBytes },
-          { name: "device-state", path: join(template, "device-state"), size: deviceStateBytes },
-        ], { metadata: { restore: record }, signal: options.signal }),
-        { signal: options.signal },
-      );
-      await installTemplate(template, ram.digest);
-      template = undefined;
-      await markTemplateUser(ram.digest, home);
+      const { record, diskLayers } = ram;
       const descriptor = await writeSnapshotArtifact(store, base, {
         id,
         record,
         diskLayers,
-        ramDigest: ram.digest,
+        ramDigest: ram.ramDigest,
         name: target.repository,
         tag: target.tag!,
         mlockRequired: options.mlockRequired ?? false,
@@ -168,6 +143,60 @@ export async function snapshotInstance(
     await Deno.remove(work, { recursive: true }).catch(() => {});
     if (template) await Deno.remove(template, { recursive: true }).catch(() => {});
   }
+}
+
+/**
+ * The disk diff first (small), then the guest's memory, copied sparsely into
+ * what becomes this snapshot's template (the first local restore needs no
+ * decode), so the source can go on before the slow part, compression.
+ */
+async function captureRam(
+  store: ContentStore,
+  files: SnapshotFiles,
+  ctx: {
+    state: InstanceState;
+    base: Artifact;
+    paths: VmPaths;
+    finishSource: () => Promise<void>;
+    progress: (msg: string) => void;
+    signal?: AbortSignal;
+    /** Told the template directory while it is this snapshot's to remove on failure. */
+    onTemplate: (dir: string | undefined) => void;
+  },
+): Promise<{ record: RestoreRecord; diskLayers: DiskLayer[]; ramDigest: string }> {
+  const { signal, progress } = ctx;
+  const template = await newTemplateDir();
+  ctx.onTemplate(template);
+  progress(`copying ${files.memoryBytes} bytes of guest memory`);
+  await sparseCopy(files.memory, join(template, "memory"), files.memoryBytes, {
+    offset: files.memoryOffset,
+    signal,
+  });
+  await Deno.copyFile(files.deviceState, join(template, "device-state"));
+  const deviceStateBytes = (await Deno.stat(files.deviceState)).size;
+  const configDiskBytes = await Deno.stat(ctx.paths.configDisk).then(
+    (s) => s.size,
+    () => undefined,
+  );
+  const diskLayers = await captureDisk(store, ctx.base, files, signal);
+  const record = restoreRecord(ctx.state, files, {
+    diskLayers,
+    devices: ctx.base.manifest.devices.map((d) => d.name),
+    configDiskBytes,
+  });
+  await ctx.finishSource();
+  progress(`compressing ${files.memoryBytes} bytes of guest memory`);
+  const ram = await store.ingest(
+    encodeRamsnap([
+      { name: "memory", path: join(template, "memory"), size: files.memoryBytes },
+      { name: "device-state", path: join(template, "device-state"), size: deviceStateBytes },
+    ], { metadata: { restore: record }, signal }),
+    { signal },
+  );
+  await installTemplate(template, ram.digest);
+  ctx.onTemplate(undefined);
+  await markTemplateUser(ram.digest, store.paths.home);
+  return { record, diskLayers, ramDigest: ram.digest };
 }
 
 /** The base's layers plus the captured disk (or, for a whole disk, only it). */
@@ -268,56 +297,4 @@ async function writeSnapshotArtifact(
       "ovms.snapshot.memory": String(record.memoryBytes),
     },
   });
-}
-
-/**
- * Copies `size` bytes of `src` (from `offset`) to a new file `dst`, leaving
- * holes where `src` has holes (found with SEEK_DATA, never read) and where a
- * 1 MiB chunk is all zeros: on tmpfs a hole costs no memory, and most of a
- * guest's RAM is never touched.
- */
-async function sparseCopy(
-  src: string,
-  dst: string,
-  size: number,
-  options: { offset?: number; signal?: AbortSignal } = {},
-) {
-  const signal = options.signal;
-  const base = options.offset ?? 0;
-  using inp = await Deno.open(src, { read: true });
-  using out = await Deno.open(dst, { write: true, createNew: true, mode: 0o600 });
-  await out.truncate(size);
-  const buf = new Uint8Array(1 << 20);
-  const words = new BigUint64Array(buf.buffer);
-  for (const [start, end] of dataRanges(src, base, size)) {
-    await inp.seek(start, Deno.SeekMode.Start);
-    let pos = start;
-    while (pos < end) {
-      signal?.throwIfAborted();
-      const want = Math.min(buf.byteLength, end - pos);
-      let got = 0;
-      while (got < want) {
-        const n = await inp.read(buf.subarray(got, want));
-        if (n === null) {
-          throw new Error(`"${src}" ended at ${pos + got} bytes, expected ${base + size}`);
-        }
-        got += n;
-      }
-      let zero = true;
-      const w = want >>> 3;
-      for (let i = 0; i < w; i++) {
-        if (words[i] !== 0n) {
-          zero = false;
-          break;
-        }
-      }
-      for (let i = w << 3; zero && i < want; i++) if (buf[i] !== 0) zero = false;
-      if (!zero) {
-        await out.seek(pos - base, Deno.SeekMode.Start);
-        let done = 0;
-        while (done < want) done += await out.write(buf.subarray(done, want));
-      }
-      pos += want;
-    }
-  }
 }

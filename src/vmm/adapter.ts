@@ -236,6 +236,8 @@ export interface PreparedVm {
   load(options?: { resume?: boolean; timeoutMs?: number }): Promise<void>;
   /** Lets a VM loaded with `resume: false` run. */
   resume(): Promise<void>;
+  /** The VM's status, through the connection this holds (a VMM may serve one client at a time). */
+  status(): Promise<VmStatus>;
   /** Releases the control connection; the VM keeps waiting or running. */
   close(): void;
 }

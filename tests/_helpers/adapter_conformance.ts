@@ -149,8 +149,10 @@ export async function adapterConformance(t: Deno.TestContext, backend: Backend):
           assert.ok(adapter.restoresFrom(files.vmmVersion, prepared.version), prepared.version);
           assert.ok(!adapter.restoresFrom(`9${files.vmmVersion}`, prepared.version));
           await prepared.load({ resume: false });
-          assert.equal((await adapter.status(prepared.vm.handle)).state, "paused");
+          assert.equal((await prepared.status()).state, "paused");
           await prepared.resume();
+          assert.equal((await prepared.status()).state, "running");
+          prepared.close();
           assert.equal((await adapter.status(prepared.vm.handle)).state, "running");
         } finally {
           prepared.close();

@@ -358,6 +358,7 @@ export class CloudHypervisorAdapter implements VmmAdapter {
         using api = client(vm.handle);
         await api.request("PUT", "/vm.resume", { step: "vm.resume" });
       },
+      status: () => this.status(vm.handle),
       close() {},
     };
   }

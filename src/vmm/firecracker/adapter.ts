@@ -372,6 +372,7 @@ export class FirecrackerAdapter implements VmmAdapter {
         if (o.resume ?? true) await resume();
       },
       resume,
+      status: () => this.status(vm.handle),
       close() {},
     };
   }

@@ -535,6 +535,10 @@ export class QemuAdapter implements VmmAdapter {
       resume: async () => {
         await incoming.qmp.execute("cont");
       },
+      status: async () => {
+        const s = await incoming.qmp.execute<{ status: string; running: boolean }>("query-status");
+        return { state: s.running ? "running" : "paused", detail: s.status };
+      },
       close: () => incoming.qmp.close(),
     };
   }
