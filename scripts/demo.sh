@@ -41,7 +41,6 @@ ovm rm "$web"
 web=""
 
 step "Snapshotting a running guest's RAM and restoring it in milliseconds"
-echo "  (VMs with ivshmem devices cannot be snapshotted on QEMU 7.2, so this one has none)" >&2
 counter=$(deno run --allow-all examples/demo/build.ts --no-devices --tag demo/counter:1.0)
 web=$(ovm run --detach --memory 256M "$counter" -- \
   sh -c 'i=0; while true; do i=$((i+1)); echo "count $i"; sleep 0.5; done')

@@ -129,7 +129,7 @@ export async function buildDemoArtifact(
     tag?: string;
     cacheDir?: string;
     diffFiles?: Record<string, string>;
-    /** Attach the ivshmem device (default true; VMs with one cannot be RAM-snapshotted). */
+    /** Attach the ivshmem device (default true). */
     devices?: boolean;
     onProgress?: (m: string) => void;
   } = {},

@@ -24,6 +24,8 @@ import { rmCommand } from "./rm.ts";
 import { runCommand } from "./run.ts";
 import { stopCommand } from "./stop.ts";
 import { snapshotCommand } from "./snapshot.ts";
+import { standbyCommand } from "./standby.ts";
+import { resumeCommand } from "./resume.ts";
 import { keygenCommand } from "./keygen.ts";
 import { signCommand } from "./sign.ts";
 import { verifyCommand } from "./verify.ts";
@@ -51,6 +53,8 @@ export const COMMANDS: Command[] = [
   logsCommand,
   rmCommand,
   snapshotCommand,
+  standbyCommand,
+  resumeCommand,
   serveCommand,
   conformanceCommand,
   runtimesCommand,

@@ -12,6 +12,8 @@ export const MediaTypes = {
   /** A disk layer: an uncompressed tar holding exactly one disk image file. */
   diskLayer: "application/vnd.oci.image.layer.v1.tar",
   ramSnapshot: "application/vnd.ovms.ramsnap.v1+lz4",
+  /** A RAM diff layer: the pages a restored VM changed over the layers below it. */
+  ramDiff: "application/vnd.ovms.ramsnap.diff.v1+lz4",
   bootstrapConfig: "application/vnd.ovms.bootstrap.config.v1+json",
   ociManifest: "application/vnd.oci.image.manifest.v1+json",
   ociIndex: "application/vnd.oci.image.index.v1+json",

@@ -44,10 +44,20 @@ export const KernelSchema = z.strictObject({
 });
 
 export const RamSnapshotSchema = z.strictObject({
-  ref: BlobRefSchema,
+  ref: BlobRefSchema.meta({
+    description: "The RAM snapshot blob; for a chain, its top (last) layer.",
+  }),
   compression: z.literal("lz4"),
   preload_hint: z.boolean().default(false),
   mlock_required: z.boolean().default(false),
+  layers: z.array(BlobRefSchema).min(1).max(64).optional().meta({
+    description:
+      "RAM layers, base first: a full RAM snapshot, then diff layers, each on the one before. " +
+      "The last is `ref`. Absent: the snapshot is the single layer `ref`.",
+  }),
+}).refine((r) => !r.layers || r.layers.at(-1) === r.ref, {
+  message: "the last of `layers` must be `ref`",
+  path: ["layers"],
 });
 
 export const DeviceNameSchema = z.string().regex(/^[a-z0-9][a-z0-9_-]{0,31}$/, {

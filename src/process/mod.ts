@@ -171,7 +171,10 @@ function wrapperArgv(cmd: string, args: string[], options: SpawnOptions): string
     const op = f.mode === "read" ? "<" : f.mode === "readwrite" ? "<>" : ">>";
     return `${FIRST_PASSED_FD + i}${op}${param(f.path)}`;
   });
-  if (redirs.length) lines.push(`exec ${redirs.join(" ")} || exit 125`);
+  // One `exec` per descriptor: bash 5.2 drops some descriptors above 9 when
+  // one `exec` opens several of them (a VM with five disk layers and a
+  // config disk lost its fd 12).
+  for (const r of redirs) lines.push(`exec ${r} || exit 125`);
   lines.push(`shift ${params.length}`);
   const drop = options.dropTo
     ? [

@@ -83,6 +83,8 @@ export const InstanceStateSchema = z.object({
   bootMs: z.number().nonnegative().optional(),
   /** Whether the start restored a RAM snapshot. */
   restored: z.boolean().optional(),
+  /** On standby (`ovm standby`): the snapshot `ovm resume` restores into this instance. */
+  standby: z.object({ ref: z.string(), digest: DigestSchema, at: z.string() }).optional(),
 });
 
 export type InstanceState = z.infer<typeof InstanceStateSchema>;

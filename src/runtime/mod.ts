@@ -9,7 +9,8 @@
  * Modules, each on the ones before it (no cycles): `state_machine`,
  * `instance`, `options`, `restore_record`, `chain`, `console`, `vm_spec`,
  * `template_cache`, `select`, `import_dir`, `lifecycle`; then `restore`,
- * `pool`, `start`, `snapshot`.
+ * `pool`, `start`, `snapshot`, `standby` (`ram_chain` sits with
+ * `template_cache`).
  */
 export {
   ACTIVE_STATES,
@@ -99,3 +100,5 @@ export { checkOptions, checkRestore, restoreInstance } from "./restore.ts";
 export { reapStalePools, WarmPool } from "./pool.ts";
 export { startInstance } from "./start.ts";
 export { snapshotInstance, type SnapshotOptions, type SnapshotResult } from "./snapshot.ts";
+export { resumeInstance, standbyInstance, standbyTag } from "./standby.ts";
+export { MAX_RAM_LAYERS, PARENT_ANNOTATION } from "./ram_chain.ts";

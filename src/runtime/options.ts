@@ -87,6 +87,8 @@ export interface StartOptions {
   claimed?: boolean;
   /** When the start was asked for (`Date.now()`), for the recorded `bootMs`. Default: now. */
   requestedAt?: number;
+  /** A restore's console log starts with this file's content (`ovm resume` keeps the console). */
+  consoleFrom?: string;
 }
 
 export interface StartedInstance {

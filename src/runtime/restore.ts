@@ -29,6 +29,7 @@ import {
   stepTimer,
 } from "./options.ts";
 import { readRestoreRecord, type RestoreRecord } from "./restore_record.ts";
+import { exists } from "../util/fs.ts";
 import { ensureTemplate, type SnapshotTemplate } from "./template_cache.ts";
 import { type HostFiles, hostFiles, restoreSpec, snapshotGid, vmmUser } from "./vm_spec.ts";
 
@@ -140,6 +141,8 @@ export interface RestoreInput {
   signal?: AbortSignal;
   /** Keep the vCPUs stopped after the state is loaded (the warm pool). */
   paused?: boolean;
+  /** The console log starts with this file's content (a resumed instance's goes on). */
+  consoleFrom?: string;
 }
 
 /**
@@ -173,6 +176,10 @@ export async function prepareRestore(
     configDiskBytes: record.configDiskBytes,
     memory: input.template.memory,
   });
+  // The VMM opens the console log for appending: a seeded one goes on.
+  if (input.consoleFrom && await exists(input.consoleFrom)) {
+    await Deno.copyFile(input.consoleFrom, spec.consoleLog);
+  }
   await adapter.prepare(spec, { signal: input.signal });
   const prepared = await adapter.prepareRestore(spec, {
     kind: "ram",
@@ -205,7 +212,9 @@ async function takeWarm(
 ): Promise<PreparedRestore | undefined> {
   const pool = options.pool;
   // Devices and published ports are per instance: such starts never come from the pool.
-  if (!pool || artifact.manifest.devices.length || options.publish?.length) return undefined;
+  if (
+    !pool || artifact.manifest.devices.length || options.publish?.length || options.consoleFrom
+  ) return undefined;
   const warm = pool.take(artifact.descriptor.digest);
   if (!warm) return undefined;
   if (!pidAlive(warm.prepared.vm.handle.pid)) {
@@ -288,6 +297,7 @@ export async function restoreInstance(
         publish,
         detach: options.detach,
         signal: options.signal,
+        consoleFrom: options.consoleFrom,
       }));
       vm = prepared.vm;
       step("spawn the VMM for the restore");

@@ -22,7 +22,8 @@ import {
   parseLocalRef,
   writeArtifact,
 } from "../store/mod.ts";
-import { encodeRamsnap, RAMSNAP_VERSION } from "../snapshot/mod.ts";
+import { encodeRamsnap, MAX_RAM_LAYERS, RAMSNAP_VERSION, sparseCopy } from "../snapshot/mod.ts";
+import { chainedRam, PARENT_ANNOTATION } from "./ram_chain.ts";
 import { SystemAnnotations } from "../system/mod.ts";
 import { pushFromStore } from "../oci/mod.ts";
 import { getAdapter, type SnapshotFiles } from "../vmm/mod.ts";
@@ -30,7 +31,7 @@ import { type InstanceState, InstanceStore, type VmPaths } from "./instance.ts";
 import { getInstance, stopInstance } from "./lifecycle.ts";
 import { RESTORE_ANNOTATION, type RestoreRecord } from "./restore_record.ts";
 import { assertAllowed } from "./state_machine.ts";
-import { installTemplate, markTemplateUser, newTemplateDir, sparseCopy } from "./template_cache.ts";
+import { installTemplate, markTemplateUser, newTemplateDir } from "./template_cache.ts";
 
 export interface SnapshotOptions {
   /** Local ref for the new artifact (`name:tag`). */
@@ -109,6 +110,7 @@ export async function snapshotInstance(
         finishSource,
         progress,
         signal: options.signal,
+        work,
         onTemplate: (dir) => (template = dir),
       });
       const { record, diskLayers } = ram;
@@ -117,6 +119,8 @@ export async function snapshotInstance(
         record,
         diskLayers,
         ramDigest: ram.ramDigest,
+        ramLayers: ram.ramLayers,
+        parent: ram.parent,
         name: target.repository,
         tag: target.tag!,
         mlockRequired: options.mlockRequired ?? false,
@@ -145,6 +149,17 @@ export async function snapshotInstance(
   }
 }
 
+/** What became of a snapshot's RAM: its record, disk layers, RAM layer(s) and parent. */
+interface CapturedRam {
+  record: RestoreRecord;
+  diskLayers: DiskLayer[];
+  ramDigest: string;
+  /** The RAM layers base first when the new layer is a diff (spec 8.6). */
+  ramLayers?: string[];
+  /** The parent snapshot's manifest digest, for a snapshot of a restored VM. */
+  parent?: string;
+}
+
 /**
  * The disk diff first (small), then the guest's memory, copied sparsely into
  * what becomes this snapshot's template (the first local restore needs no
@@ -160,19 +175,23 @@ async function captureRam(
     finishSource: () => Promise<void>;
     progress: (msg: string) => void;
     signal?: AbortSignal;
+    /** A scratch directory of this snapshot (the store's filesystem). */
+    work: string;
     /** Told the template directory while it is this snapshot's to remove on failure. */
     onTemplate: (dir: string | undefined) => void;
   },
-): Promise<{ record: RestoreRecord; diskLayers: DiskLayer[]; ramDigest: string }> {
+): Promise<CapturedRam> {
   const { signal, progress } = ctx;
   const template = await newTemplateDir();
   ctx.onTemplate(template);
-  progress(`copying ${files.memoryBytes} bytes of guest memory`);
-  await sparseCopy(files.memory, join(template, "memory"), files.memoryBytes, {
-    offset: files.memoryOffset,
-    signal,
-  });
-  await Deno.copyFile(files.deviceState, join(template, "device-state"));
+  if (!files.diff) {
+    progress(`copying ${files.memoryBytes} bytes of guest memory`);
+    await sparseCopy(files.memory, join(template, "memory"), files.memoryBytes, {
+      offset: files.memoryOffset,
+      signal,
+    });
+    await Deno.copyFile(files.deviceState, join(template, "device-state"));
+  }
   const deviceStateBytes = (await Deno.stat(files.deviceState)).size;
   const configDiskBytes = await Deno.stat(ctx.paths.configDisk).then(
     (s) => s.size,
@@ -185,18 +204,42 @@ async function captureRam(
     configDiskBytes,
   });
   await ctx.finishSource();
-  progress(`compressing ${files.memoryBytes} bytes of guest memory`);
-  const ram = await store.ingest(
-    encodeRamsnap([
+  let stream: ReadableStream<Uint8Array>;
+  let below: string[] = [];
+  if (files.diff) {
+    // A restored VM: a diff layer over its parent's RAM layers (spec 8.6).
+    const changed = files.diff.ranges.reduce((n, r) => n + r[1], 0);
+    progress(`writing the ${changed} bytes of memory the guest changed`);
+    const chained = await chainedRam(ctx.base, { ...files, diff: files.diff }, {
+      template,
+      work: ctx.work,
+      memoryBytes: files.memoryBytes,
+      metadata: { restore: record },
+      signal,
+    });
+    if (chained.flattened) {
+      progress(`the RAM chain reached ${MAX_RAM_LAYERS} layers: flattening it`);
+    }
+    below = chained.below;
+    stream = chained.stream;
+  } else {
+    progress(`compressing ${files.memoryBytes} bytes of guest memory`);
+    stream = encodeRamsnap([
       { name: "memory", path: join(template, "memory"), size: files.memoryBytes },
       { name: "device-state", path: join(template, "device-state"), size: deviceStateBytes },
-    ], { metadata: { restore: record }, signal }),
-    { signal },
-  );
+    ], { metadata: { restore: record }, signal });
+  }
+  const ram = await store.ingest(stream, { signal });
   await installTemplate(template, ram.digest);
   ctx.onTemplate(undefined);
   await markTemplateUser(ram.digest, store.paths.home);
-  return { record, diskLayers, ramDigest: ram.digest };
+  return {
+    record,
+    diskLayers,
+    ramDigest: ram.digest,
+    ramLayers: below.length ? [...below, ram.digest] : undefined,
+    parent: files.diff ? ctx.base.descriptor.digest : undefined,
+  };
 }
 
 /** The base's layers plus the captured disk (or, for a whole disk, only it). */
@@ -259,6 +302,8 @@ async function writeSnapshotArtifact(
     record: RestoreRecord;
     diskLayers: DiskLayer[];
     ramDigest: string;
+    ramLayers?: string[];
+    parent?: string;
     name: string;
     tag: string;
     mlockRequired: boolean;
@@ -282,6 +327,7 @@ async function writeSnapshotArtifact(
       compression: "lz4",
       preload_hint: true,
       mlock_required: s.mlockRequired,
+      ...(s.ramLayers ? { layers: s.ramLayers } : {}),
     },
     metadata: {
       ...(base.manifest.metadata ?? { platform: { arch: "x86_64", uefi: false } }),
@@ -295,6 +341,7 @@ async function writeSnapshotArtifact(
       ...annotations,
       "ovms.snapshot.source": s.id,
       "ovms.snapshot.memory": String(record.memoryBytes),
+      ...(s.parent ? { [PARENT_ANNOTATION]: s.parent } : {}),
     },
   });
 }

@@ -12,9 +12,15 @@
 import { join, resolve } from "node:path";
 import { NotFoundError, ValidationError } from "../errors.ts";
 import { type Digest, sha256Hex } from "../manifest/mod.ts";
-import type { Artifact, ContentStore } from "../store/mod.ts";
-import { decodeRamsnap, readRamsnapLayout } from "../snapshot/mod.ts";
-import { dataRanges, lockFileInMemory, type Mapping } from "../../ffi/mod.ts";
+import { type Artifact, type ContentStore, ramLayers } from "../store/mod.ts";
+import {
+  type CheckedRamChain,
+  decodeRamsnap,
+  readRamsnapLayout,
+  sparseCopy,
+} from "../snapshot/mod.ts";
+import { buildChainTemplate, checkArtifactChain } from "./ram_chain.ts";
+import { lockFileInMemory, type Mapping } from "../../ffi/mod.ts";
 import { MAX_DEVICE_STATE } from "../vmm/mod.ts";
 import { exists } from "../util/fs.ts";
 import type { RestoreRecord } from "./restore_record.ts";
@@ -60,8 +66,17 @@ export async function ensureTemplate(
     deviceState: join(dir, "device-state"),
     memoryBytes: record.memoryBytes,
   };
+  // A chain's layers are checked on every restore (headers and range lists
+  // only, once per process), cached template or not: a bad chain is refused.
+  const chain = ramLayers(artifact.manifest).length > 1
+    ? await checkArtifactChain(store, artifact, {
+      memoryBytes: record.memoryBytes,
+      machine: record.machine,
+    })
+    : undefined;
   if (!(await exists(tpl.deviceState)) || !(await exists(tpl.memory))) {
-    await decodeTemplate(store.blobPath(digest), tpl, record, options.signal);
+    if (chain) await decodeChain(chain, tpl, options.signal);
+    else await decodeTemplate(store.blobPath(digest), tpl, record, options.signal);
   }
   await markTemplateUser(digest, store.paths.home);
   if (ram.mlock_required && options.lock !== false && !LOCKS.has(hex)) {
@@ -103,6 +118,30 @@ async function decodeTemplate(
       limits: { memory: record.memoryBytes, "device-state": MAX_DEVICE_STATE },
       signal,
     });
+    await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`);
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+/** Builds a chain's template (base decoded, diffs overlaid) into the cache. */
+async function decodeChain(
+  chain: CheckedRamChain,
+  tpl: SnapshotTemplate,
+  signal?: AbortSignal,
+): Promise<void> {
+  const free = Deno.systemMemoryInfo().available;
+  if (chain.memoryBytes > free) {
+    throw new ValidationError(
+      `Restoring needs up to ${chain.memoryBytes} bytes of memory for the snapshot, only ` +
+        `${free} are available`,
+      { hint: "stop other VMs or remove cached snapshots under " + SNAPSHOT_CACHE },
+    );
+  }
+  const tmp = await newTemplateDir();
+  try {
+    await buildChainTemplate(chain, tmp, { cache: SNAPSHOT_CACHE, signal });
     await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`);
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
@@ -206,54 +245,4 @@ export async function pruneTemplates(
   return { removed, freedBytes };
 }
 
-/**
- * Copies `size` bytes of `src` (from `offset`) to a new file `dst`, leaving
- * holes where `src` has holes (found with SEEK_DATA, never read) and where a
- * 1 MiB chunk is all zeros: on tmpfs a hole costs no memory, and most of a
- * guest's RAM is never touched.
- */
-export async function sparseCopy(
-  src: string,
-  dst: string,
-  size: number,
-  options: { offset?: number; signal?: AbortSignal } = {},
-) {
-  const signal = options.signal;
-  const base = options.offset ?? 0;
-  using inp = await Deno.open(src, { read: true });
-  using out = await Deno.open(dst, { write: true, createNew: true, mode: 0o600 });
-  await out.truncate(size);
-  const buf = new Uint8Array(1 << 20);
-  const words = new BigUint64Array(buf.buffer);
-  for (const [start, end] of dataRanges(src, base, size)) {
-    await inp.seek(start, Deno.SeekMode.Start);
-    let pos = start;
-    while (pos < end) {
-      signal?.throwIfAborted();
-      const want = Math.min(buf.byteLength, end - pos);
-      let got = 0;
-      while (got < want) {
-        const n = await inp.read(buf.subarray(got, want));
-        if (n === null) {
-          throw new Error(`"${src}" ended at ${pos + got} bytes, expected ${base + size}`);
-        }
-        got += n;
-      }
-      let zero = true;
-      const w = want >>> 3;
-      for (let i = 0; i < w; i++) {
-        if (words[i] !== 0n) {
-          zero = false;
-          break;
-        }
-      }
-      for (let i = w << 3; zero && i < want; i++) if (buf[i] !== 0) zero = false;
-      if (!zero) {
-        await out.seek(pos - base, Deno.SeekMode.Start);
-        let done = 0;
-        while (done < want) done += await out.write(buf.subarray(done, want));
-      }
-      pos += want;
-    }
-  }
-}
+export { sparseCopy };

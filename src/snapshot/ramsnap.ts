@@ -27,6 +27,8 @@ import {
 
 export const RAMSNAP_FORMAT = "ovms.ramsnap";
 export const RAMSNAP_VERSION = 1;
+/** The header `format` of a RAM diff layer (`src/snapshot/ramdiff.ts`), same framing. */
+export const RAMDIFF_FORMAT = "ovms.ramdiff";
 export const DEFAULT_CHUNK = 4 << 20;
 
 const SKIPPABLE_HEADER = 0x184d2a50;
@@ -43,11 +45,17 @@ export interface SectionSource {
 }
 
 export interface RamsnapHeader {
-  format: typeof RAMSNAP_FORMAT;
+  format: typeof RAMSNAP_FORMAT | typeof RAMDIFF_FORMAT;
   version: number;
   chunkSize: number;
   sections: { name: string; size: number }[];
   metadata: Record<string, unknown>;
+  /** Diff layers only: the digest of the layer below. */
+  base?: string;
+  /** Diff layers only: the guest memory size the layer applies to. */
+  memoryBytes?: number;
+  /** Diff layers only: the granularity of its ranges (4096). */
+  pageSize?: number;
 }
 
 /** One frame: section index, offset in the section, offset in the blob, compressed length, length, all-zero. */
@@ -95,14 +103,17 @@ export function encodeRamsnap(
     chunkSize?: number;
     concurrency?: number;
     signal?: AbortSignal;
+    /** A diff layer's header fields (`ramdiff.ts` sets them). */
+    diff?: { base: string; memoryBytes: number; pageSize: number };
   } = {},
 ): ReadableStream<Uint8Array> {
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK;
   const concurrency = Math.max(1, options.concurrency ?? navigator.hardwareConcurrency ?? 2);
   const header: RamsnapHeader = {
-    format: RAMSNAP_FORMAT,
+    format: options.diff ? RAMDIFF_FORMAT : RAMSNAP_FORMAT,
     version: RAMSNAP_VERSION,
     chunkSize,
+    ...(options.diff ?? {}),
     sections: sections.map((s) => ({ name: s.name, size: s.size })),
     metadata: options.metadata ?? {},
   };
@@ -203,10 +214,15 @@ function bad(path: string, why: string): never {
   });
 }
 
-/** Reads and checks the header and the frame index of a ramsnap blob. */
+/**
+ * Reads and checks the header and the frame index of a ramsnap blob (or, with
+ * `format: RAMDIFF_FORMAT`, of a RAM diff layer: the same framing).
+ */
 export async function readRamsnapLayout(
   path: string,
+  options: { format?: typeof RAMSNAP_FORMAT | typeof RAMDIFF_FORMAT } = {},
 ): Promise<{ header: RamsnapHeader; index: RamsnapIndex; size: number }> {
+  const format = options.format ?? RAMSNAP_FORMAT;
   using f = await Deno.open(path, { read: true });
   const size = (await f.stat()).size;
   if (size < 16) bad(path, `it is ${size} bytes, shorter than any snapshot`);
@@ -224,8 +240,13 @@ export async function readRamsnapLayout(
   } catch {
     return bad(path, "the header is not JSON");
   }
-  if (header.format !== RAMSNAP_FORMAT || header.version !== RAMSNAP_VERSION) {
-    bad(path, `unknown format "${header.format}" version ${header.version}`);
+  if (header?.format !== format || header.version !== RAMSNAP_VERSION) {
+    const hint = header?.format === RAMDIFF_FORMAT
+      ? " (a RAM diff layer, not a full snapshot)"
+      : header?.format === RAMSNAP_FORMAT
+      ? " (a full RAM snapshot, not a diff layer)"
+      : "";
+    bad(path, `unknown format "${header?.format}" version ${header?.version}${hint}`);
   }
   if (
     !Array.isArray(header.sections) ||
@@ -355,9 +376,10 @@ export async function decodeRamsnap(
     concurrency?: number;
     signal?: AbortSignal;
     engine?: DecodeEngine;
+    format?: typeof RAMSNAP_FORMAT | typeof RAMDIFF_FORMAT;
   } = {},
 ): Promise<RamsnapHeader & { engine: DecodeEngine }> {
-  const layout = await readRamsnapLayout(path);
+  const layout = await readRamsnapLayout(path, { format: options.format });
   const { header } = layout;
   for (const s of header.sections) {
     const limit = options.limits?.[s.name];

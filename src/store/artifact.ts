@@ -55,7 +55,10 @@ export function layerDescriptors(
       [Annotations.title]: `disk${i}.tar`,
     })
   );
-  if (manifest.ramSnapshot) add(manifest.ramSnapshot.ref, MediaTypes.ramSnapshot);
+  // RAM layers base first: the full snapshot, then its diff layers (spec 8.6).
+  ramLayers(manifest).forEach((ref, i) =>
+    add(ref, i === 0 ? MediaTypes.ramSnapshot : MediaTypes.ramDiff)
+  );
   if (manifest.bootstrap) add(manifest.bootstrap.ref, MediaTypes.bootstrapConfig);
   return out;
 }
@@ -106,13 +109,20 @@ export async function writeArtifact(
   };
 }
 
+/** The RAM layers of a manifest, base first (one for a flat snapshot, none without one). */
+export function ramLayers(manifest: Manifest): string[] {
+  const r = manifest.ramSnapshot;
+  if (!r) return [];
+  return r.layers ?? [r.ref];
+}
+
 /** Digests of every blob an OVMS manifest names that belongs to the artifact itself. */
 export function blobRefs(manifest: Manifest): Digest[] {
   const refs = [
     manifest.kernel.ref,
     manifest.initrd?.ref,
     ...manifest.diskLayers.map((l) => l.ref),
-    manifest.ramSnapshot?.ref,
+    ...ramLayers(manifest),
     manifest.bootstrap?.ref,
   ];
   return refs.filter((r): r is Digest => isDigest(r));

@@ -205,6 +205,14 @@ export interface SnapshotFiles {
    * flattened the chain), so it replaces the chain instead of going on top.
    */
   disk?: { path: string; whole: boolean };
+  /**
+   * A VM restored from a snapshot: its RAM as the pages it changed over the
+   * memory template it maps (then `memory` is that template). `ranges` are
+   * `[offset, length]` of guest memory, page-aligned, sorted, disjoint;
+   * `pages` holds their bytes back to back. The runtime writes a RAM diff
+   * layer of them (spec 8.6).
+   */
+  diff?: { ranges: [number, number][]; pages: string };
 }
 
 /** Options of a restore (one-shot or prepared). */

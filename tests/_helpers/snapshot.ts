@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { pack } from "../../src/cli/pack.ts";
 import { buildDemoDisks } from "../../examples/demo/build.ts";
 import { ContentStore } from "../../src/store/mod.ts";
+import type { Device } from "../../src/manifest/mod.ts";
 import { ensureSystem, initCmdline } from "../../src/system/mod.ts";
 import { instancePaths } from "../../src/runtime/mod.ts";
 import { SNAPSHOT_CACHE } from "../../src/runtime/mod.ts";
@@ -31,12 +32,57 @@ export interface CounterHome extends AsyncDisposable {
   store: ContentStore;
 }
 
-/** Packs the counter artifact as {@linkcode COUNTER_TAG} into `store` (any home); returns its ref. */
-export async function packCounter(store: ContentStore): Promise<string> {
+/** What a counter-like guest is made of (default: {@linkcode COUNTER_SCRIPT}, no devices). */
+export interface CounterOptions {
+  script?: string;
+  tag?: string;
+  devices?: Device[];
+}
+
+/**
+ * A guest that counts like {@linkcode COUNTER_SCRIPT} and, at count
+ * `writeAt`, writes `mib` MiB of random bytes into a tmpfs file; every tenth
+ * count (and right after writing) it prints the file's sha256 prefix
+ * ("count N blob <hex>"), read back from the file. Snapshot chains test with
+ * it that a restore sees what the guest wrote, and that a diff layer holds
+ * about what it wrote.
+ */
+export function writerScript(writeAt: number, mib: number): string {
+  return `#!/bin/sh
+mount -t tmpfs -o size=${mib + 16}m tmpfs /mnt
+i=0
+while true; do
+  i=$((i+1))
+  if [ $i -eq ${writeAt} ]; then
+    dd if=/dev/urandom of=/mnt/blob bs=1M count=${mib} 2>/dev/null
+  fi
+  if [ -f /mnt/blob ] && [ $((i % 10)) -eq 0 -o $i -eq ${writeAt} ]; then
+    echo "count $i blob $(sha256sum /mnt/blob | cut -c1-16)"
+  else
+    echo "count $i"
+  fi
+  usleep 200000
+done
+`;
+}
+
+/** Every sha256 prefix "count N blob <hex>" lines show, in order. */
+export async function blobHashes(home: string, id: string): Promise<string[]> {
+  const text = await Deno.readTextFile(instancePaths(home, id).consoleLog).catch(() => "");
+  return [...text.matchAll(/count \d+ blob ([0-9a-f]{16})/g)].map((m) => m[1]);
+}
+
+/** Packs the counter artifact (as {@linkcode COUNTER_TAG} by default) into `store` (any home); returns its ref. */
+export async function packCounter(
+  store: ContentStore,
+  options: CounterOptions = {},
+): Promise<string> {
   const work = await Deno.makeTempDir({ prefix: "ovm-snap-build-" });
   try {
     const system = await ensureSystem(store.paths.home, { cacheDir: TEST_CACHE });
-    const disks = await buildDemoDisks(work, { diffFiles: { "count.sh": COUNTER_SCRIPT } });
+    const disks = await buildDemoDisks(work, {
+      diffFiles: { "count.sh": options.script ?? COUNTER_SCRIPT },
+    });
     const bootstrap = join(work, "bootstrap.json");
     await Deno.writeTextFile(bootstrap, JSON.stringify({ cmd: ["/count.sh"] }));
     const res = await pack(store, {
@@ -44,9 +90,9 @@ export async function packCounter(store: ContentStore): Promise<string> {
       initrd: system.initrd.path,
       disks: [{ path: disks.base, format: "qcow2" }, { path: disks.diff, format: "qcow2" }],
       args: initCmdline({ root: "/dev/vda", rootFs: "ext4", rootMode: "rw", mode: "exec" }),
-      devices: [],
+      devices: options.devices ?? [],
       bootstrap,
-      tag: COUNTER_TAG,
+      tag: options.tag ?? COUNTER_TAG,
       preferredRuntime: ["qemu"],
     });
     return res.ref;
@@ -56,11 +102,11 @@ export async function packCounter(store: ContentStore): Promise<string> {
 }
 
 /** A temp home with the counter artifact; dispose kills its VMs and removes it and its templates. */
-export async function counterHome(): Promise<CounterHome> {
+export async function counterHome(options: CounterOptions = {}): Promise<CounterHome> {
   const home = await Deno.makeTempDir({ prefix: "ovm-snap-test-" });
   try {
     const store = await ContentStore.open(home);
-    const ref = await packCounter(store);
+    const ref = await packCounter(store, options);
     return {
       home,
       ref,

@@ -104,7 +104,8 @@ Deno.test("an ivshmem device is a shared-memory file named after the instance an
   assert.ok(cmd.args.includes(
     "memory-backend-file,id=shm-shm0,share=on,mem-path=/dev/shm/ovm-t1-shm0,size=1048576",
   ));
-  assert.ok(cmd.args.includes("ivshmem-plain,memdev=shm-shm0,id=ivshmem-shm0"));
+  // master=on: without it QEMU 7.2 blocks migration, hence RAM snapshots (spec 8.3).
+  assert.ok(cmd.args.includes("ivshmem-plain,memdev=shm-shm0,id=ivshmem-shm0,master=on"));
   assert.deepEqual(cmd.runtimeFiles, ["/dev/shm/ovm-t1-shm0", "/dev/shm/ovm-t1-ram"]);
   assert.equal(cmd.devices[0].mmioAddr, "0x10000000");
   assert.equal(cmd.devices[0].hostPath, "/dev/shm/ovm-t1-shm0");

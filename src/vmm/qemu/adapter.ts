@@ -27,6 +27,8 @@ import { MAX_DEVICE_STATE, removeVmFiles } from "../adapter.ts";
 import { launchVmm, probeVersion, sleep, terminate, vmmAlive, waitGone } from "../process.ts";
 import { buildQemuCommand, MIGRATION_SOCKET_NAME, QMP_SOCKET_NAME, ramPath } from "./cmdline.ts";
 import { QmpClient } from "./qmp.ts";
+import { clearSharedBlockAddrs } from "./migration_stream.ts";
+import { restoredTemplate, snapshotRestored } from "./diff_snapshot.ts";
 
 /**
  * A QEMU waiting for an incoming migration (`-incoming defer`) with
@@ -291,19 +293,16 @@ export class QemuAdapter implements VmmAdapter {
     if (options.kind !== "ram") {
       throw new ValidationError(`Snapshot kind "${options.kind}" is not supported by qemu`);
     }
-    const shared = handle.devices.filter((d) => d.type === "ivshmem");
-    if (shared.length > 0) {
-      // With x-ignore-shared, QEMU 7.2 checks each shared region's guest-physical
-      // address while loading RAM, before the PCI state that maps the ivshmem BAR
-      // is loaded: the restore fails ("Mismatched GPAs"). Refuse before pausing.
-      throw new ConflictError(
-        `The VM has ivshmem device "${shared[0].name}": QEMU cannot restore a RAM ` +
-          "snapshot of a VM with shared-memory devices",
-        {
-          hint: "snapshot an artifact without ivshmem devices (its shared regions are host " +
-            "state that a snapshot could not carry anyway)",
-        },
-      );
+    const template = restoredTemplate(handle);
+    if (template) {
+      // Restored from a snapshot: its RAM becomes a diff over the template
+      // it maps (spec 8.6), not a migration of the whole private mapping.
+      return await snapshotRestored(handle, options, {
+        template,
+        memoryBytes: (await Deno.stat(template)).size,
+        cmdline: handle.argv[handle.argv.indexOf("-append") + 1] ?? "",
+        machine: QEMU_MACHINE,
+      });
     }
     const ram = await guestRam(handle);
     await using qmp = await this.#connect(handle);
@@ -433,6 +432,7 @@ export class QemuAdapter implements VmmAdapter {
     options: { timeoutMs?: number; socketPath?: string; resume?: boolean } = {},
   ): Promise<void> {
     const { qmp, vm } = incoming;
+    deviceState = withUnmappedSharedRegions(deviceState, incoming.spec);
     const resume = options.resume ?? true;
     // QEMU restores the run state the snapshot recorded: a snapshot of a
     // running guest resumes by itself (RESUME comes before MIGRATION
@@ -565,17 +565,16 @@ function withAbort<T>(p: Promise<T>, signal: AbortSignal | undefined, ms: number
 /**
  * The VM's guest RAM file. A restored VM has none: its RAM is a private
  * copy-on-write mapping of a snapshot template, which QEMU 7.2 migrates
- * page by page (`x-ignore-shared` skips only shared memory), so it cannot
- * be snapshotted the cheap way; ovm refuses rather than write a snapshot
- * whose device state holds the whole RAM.
+ * page by page (`x-ignore-shared` skips only shared memory); `snapshot`
+ * takes it as a RAM diff layer instead (`diff_snapshot.ts`).
  */
 async function guestRam(handle: VmHandle): Promise<{ memory: string; memoryBytes: number }> {
   const file = handle.runtimeFiles.find((f) => f.endsWith("-ram"));
   if (file) return { memory: file, memoryBytes: (await Deno.stat(file)).size };
   if (/id=ram0,[^ ]*share=off/.test(handle.argv.join(" "))) {
-    throw new ValidationError("A VM restored from a snapshot cannot be snapshotted again", {
+    throw new ValidationError("A VM restored from a snapshot cannot be migrated to a snapshot", {
       hint: "its RAM is a private copy of the snapshot (QEMU 7.2 can only skip shared RAM " +
-        "when saving); snapshot the instance the snapshot came from, or boot cold and snapshot that",
+        "when saving); 'snapshot' takes it as a RAM diff layer",
     });
   }
   throw new VmmError("qemu", "snapshot", "the VM has no RAM file to snapshot", {
@@ -584,3 +583,21 @@ async function guestRam(handle: VmHandle): Promise<{ memory: string; memoryBytes
 }
 
 export { QMP_SOCKET_NAME, ramPath };
+
+/**
+ * The device state with the recorded guest-physical address of each ivshmem
+ * region set to 0, where the destination has it while loading RAM. With
+ * `x-ignore-shared`, QEMU 7.2 compares the two for every shared block in
+ * `ram_load_precopy` (migration/ram.c, "Mismatched GPAs") — before the PCI
+ * section that maps the BAR is loaded, so a destination never matches. The
+ * region's content is not in the stream (it is shared, hence ignored): the
+ * restored VM gets its own fresh region, and the PCI state maps its BAR
+ * where the guest had it.
+ */
+function withUnmappedSharedRegions(deviceState: Uint8Array, spec: VmSpec): Uint8Array {
+  const shared = spec.devices.filter((d) => d.type === "ivshmem").map((d) => `/shm-${d.name}`);
+  if (!shared.length) return deviceState;
+  const copy = deviceState.slice();
+  clearSharedBlockAddrs(copy, (idstr) => shared.some((s) => idstr.endsWith(s)));
+  return copy;
+}

@@ -89,7 +89,9 @@ export function buildQemuCommand(
     "-qmp",
     `unix:${QMP_SOCKET_NAME},server=on,wait=off`,
     "-chardev",
-    `file,id=console0,path=${fd(spec.consoleLog, "append")}`,
+    // append=on: QEMU reopens the path, and would truncate it otherwise (a
+    // resumed instance's console log goes on, spec 8.7).
+    `file,id=console0,path=${fd(spec.consoleLog, "append")},append=on`,
     "-serial",
     "chardev:console0",
     "-kernel",
@@ -186,7 +188,7 @@ export function buildQemuCommand(
       "-object",
       `memory-backend-file,id=shm-${dev.name},share=on,mem-path=${path},size=${dev.size}`,
       "-device",
-      `ivshmem-plain,memdev=shm-${dev.name},id=ivshmem-${dev.name}`,
+      `ivshmem-plain,memdev=shm-${dev.name},id=ivshmem-${dev.name},master=on`,
     );
     devices.push({
       type: dev.type,
