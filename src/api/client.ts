@@ -145,8 +145,16 @@ export class OvmsClient implements Disposable {
     });
   }
 
-  async snapshot(id: string, tag: string): Promise<SnapshotResponse> {
-    return await this.#call("POST", "/snapshot", { instance_id: id, tag });
+  async snapshot(
+    id: string,
+    tag?: string,
+    options: { stop?: boolean } = {},
+  ): Promise<SnapshotResponse> {
+    return await this.#call("POST", "/snapshot", {
+      instance_id: id,
+      ...(tag ? { tag } : {}),
+      ...(options.stop ? { stop: true } : {}),
+    });
   }
 
   /** Writes `data` at `offset` into the instance's ivshmem region `device`. */

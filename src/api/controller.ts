@@ -20,7 +20,9 @@ import {
   listInstances,
   newInstanceId,
   removeInstance,
+  resumeInstance,
   snapshotInstance,
+  standbyInstance,
   type StartClaim,
   startInstance,
   stopInstance,
@@ -58,7 +60,8 @@ export type Action =
     wait?: boolean;
   }
   | { kind: "stop"; id: string; timeoutMs?: number; force?: boolean }
-  | { kind: "snapshot"; id: string; tag: string }
+  | { kind: "snapshot"; id: string; tag: string; stop?: boolean }
+  | { kind: "resume"; id: string }
   | { kind: "inject"; id: string; device: string; offset: number; data: Uint8Array }
   | { kind: "status"; id: string }
   | { kind: "logs"; id: string; follow: boolean; offset: number; signal?: AbortSignal }
@@ -152,6 +155,11 @@ export class Controller {
         return {
           status: 200,
           body: await this.#serial(action.id, () => this.#snapshot(action)),
+        };
+      case "resume":
+        return {
+          status: 200,
+          body: await this.#serial(action.id, () => this.#resume(action.id)),
         };
       case "inject":
         return {
@@ -372,18 +380,24 @@ export class Controller {
       tag = `${r.repository}:${r.tag}`;
       push = a.tag;
     }
-    const res = await snapshotInstance(this.home, a.id, {
-      tag,
-      push,
-      // No shutdown signal: a snapshot in flight is finished, like every accepted request.
-      after: "resume",
-    });
+    // No shutdown signal: a snapshot in flight is finished, like every accepted request.
+    const res = a.stop
+      ? await standbyInstance(this.home, a.id, { tag, push })
+      : await snapshotInstance(this.home, a.id, { tag, push, after: "resume" });
     return {
       instance_id: a.id,
       snapshot_ref: res.digest,
       tag: res.ref,
       ...(typeof res.pushed === "string" ? { pushed: res.pushed } : {}),
+      ...(a.stop ? { standby: true } : {}),
     };
+  }
+
+  /** Restores an instance on standby into the same id (`ovm resume`); answers its status. */
+  async #resume(id: string): Promise<StatusResponse> {
+    const started = await resumeInstance(this.#store, id, { detach: true });
+    started.vm.release();
+    return await this.#status(id);
   }
 
   async #list(): Promise<InstancesResponse> {

@@ -56,8 +56,17 @@ export const StopRequestSchema = z.strictObject({
 export const SnapshotRequestSchema = z.strictObject({
   instance_id: InstanceIdSchema,
   tag: z.string().min(1).max(512).optional().describe(
-    "a local NAME:TAG, or a registry reference to push to (default INSTANCE:snapshot-<UTC time>)",
+    "a local NAME:TAG, or a registry reference to push to (default INSTANCE:snapshot-<UTC time>; " +
+      "with stop, standby/INSTANCE:latest)",
   ),
+  stop: z.boolean().optional().describe(
+    "put the instance on standby (`ovm standby`): snapshot it, then stop it, keeping the " +
+      "instance for POST /resume",
+  ),
+});
+
+export const ResumeRequestSchema = z.strictObject({
+  instance_id: InstanceIdSchema.describe("an instance put on standby (POST /snapshot with stop)"),
 });
 
 export const InjectRequestSchema = z.strictObject({
@@ -118,6 +127,7 @@ export const SnapshotResponseSchema = z.object({
   snapshot_ref: z.string().regex(/^sha256:[0-9a-f]{64}$/),
   tag: z.string(),
   pushed: z.string().optional(),
+  standby: z.boolean().optional().describe("the instance was stopped and is on standby"),
 });
 
 export const InjectResponseSchema = z.object({
@@ -209,6 +219,7 @@ export const LogRecordSchema = z.object({
 export type StartRequest = z.infer<typeof StartRequestSchema>;
 export type StopRequest = z.infer<typeof StopRequestSchema>;
 export type SnapshotRequest = z.infer<typeof SnapshotRequestSchema>;
+export type ResumeRequest = z.infer<typeof ResumeRequestSchema>;
 export type InjectRequest = z.infer<typeof InjectRequestSchema>;
 export type ErrorBody = z.infer<typeof ErrorBodySchema>;
 /** What the controller answers to a start (the wire form is {@linkcode StartReply}). */

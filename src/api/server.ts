@@ -16,11 +16,13 @@ import {
   INJECT_BODY_LIMIT,
   InjectRequestSchema,
   InstanceIdSchema,
+  ResumeRequestSchema,
   SnapshotRequestSchema,
   StartRequestSchema,
   StopRequestSchema,
 } from "./schemas.ts";
 import { toWire } from "./wire.ts";
+import { standbyTag } from "../runtime/mod.ts";
 
 /** An error with its HTTP status: what the HTTP layer itself refuses. */
 export class HttpError extends Error {
@@ -185,7 +187,7 @@ function flag(url: URL, name: string): boolean {
 }
 
 const ROUTES: { method: string; pattern: RegExp }[] = [
-  { method: "POST", pattern: /^\/(start|stop|snapshot|inject)$/ },
+  { method: "POST", pattern: /^\/(start|stop|snapshot|resume|inject)$/ },
   { method: "GET", pattern: /^\/(status|logs)\/([^/]+)$/ },
   { method: "GET", pattern: /^\/(instances|healthz|version)$/ },
   { method: "DELETE", pattern: /^\/(instances)\/([^/]+)$/ },
@@ -236,8 +238,13 @@ export async function parseAction(req: Request): Promise<Action> {
       return {
         kind: "snapshot",
         id: b.instance_id,
-        tag: b.tag ?? defaultSnapshotTag(b.instance_id),
+        tag: b.tag ?? (b.stop ? standbyTag(b.instance_id) : defaultSnapshotTag(b.instance_id)),
+        ...(b.stop ? { stop: true } : {}),
       };
+    }
+    case "POST resume": {
+      const b = await parseBody(req, ResumeRequestSchema, BODY_LIMIT);
+      return { kind: "resume", id: b.instance_id };
     }
     case "POST inject": {
       const b = await parseBody(req, InjectRequestSchema, INJECT_BODY_LIMIT);

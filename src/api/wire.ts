@@ -82,6 +82,7 @@ export function toWire(kind: string, body: unknown): unknown {
     case "stop":
       return stopReply(body as StopResponse);
     case "status":
+    case "resume":
       return statusReply(body as StatusResponse);
     case "list":
       return {

@@ -100,6 +100,32 @@ Deno.test({
         assert.equal((await c.call("POST", "/stop", { instance_id: "cold" })).status, 200);
       });
 
+      await t.step(
+        "POST /snapshot with stop puts it on standby; POST /resume brings it back under its id",
+        async () => {
+          const before = await countsPast(c, "src", snapAt + 1);
+          const last = before[before.length - 1];
+          const snap = await c.call("POST", "/snapshot", { instance_id: "src", stop: true });
+          assert.equal(snap.status, 200, JSON.stringify(snap.body));
+          assert.equal(snap.body.standby, true);
+          assert.equal(snap.body.tag, "standby/src:latest");
+          const st = await c.call("GET", "/status/src");
+          assert.equal(st.body.state, "stopped");
+          const bad = await c.call("POST", "/resume", { instance_id: "nope" });
+          assert.equal(bad.status, 404, JSON.stringify(bad.body));
+          const res = await c.call("POST", "/resume", { instance_id: "src" });
+          assert.equal(res.status, 200, JSON.stringify(res.body));
+          assert.equal(res.body.state, "running");
+          const again = await c.call("POST", "/resume", { instance_id: "src" });
+          assert.equal(again.status, 409, JSON.stringify(again.body));
+          // The console log went on: the old counts, then the guest counting on from there.
+          const all = await countsPast(c, "src", last + 2);
+          assert.deepEqual(all.slice(0, before.length), before);
+          const next = all[before.length];
+          assert.ok(next >= last - 1 && next <= last + 3, `resumed at ${next} after ${last}`);
+        },
+      );
+
       await t.step("ovm serve --warm-snapshot starts it from a prepared VM", async () => {
         assert.equal(await serve.stop("SIGTERM"), 0, serve.stderr());
         serve = await serveProcess(
