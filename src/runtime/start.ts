@@ -50,6 +50,14 @@ export async function startInstance(
             hint: "pull the artifact first with 'ovm pull'",
           });
         }
+        if ((snap.layers?.length ?? 1) > 1) {
+          // The runtime reads one full ramsnap; a chain is built into a template.
+          throw new ValidationError(
+            `Runtime "${options.runtime}" restores a single RAM snapshot blob; this one is a ` +
+              `chain of ${snap.layers!.length} RAM layers (spec 8.6)`,
+            { hint: "restore it with a runtime that restores from a memory template" },
+          );
+        }
         ramsnap = {
           kind: "ram",
           source: store.blobPath(snap.ref),
