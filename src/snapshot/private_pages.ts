@@ -14,9 +14,10 @@ import { ValidationError } from "../errors.ts";
 import type { PageRange } from "./ramdiff.ts";
 
 const PAGE = 4096;
-const PRESENT = 1n << 63n;
-const SWAPPED = 1n << 62n;
-const FILE_OR_SHARED = 1n << 61n;
+/** Bits 63, 62 and 61 of a pagemap entry, in its high 32-bit word. */
+const PRESENT_HI = 0x80000000;
+const SWAPPED_HI = 0x40000000;
+const FILE_OR_SHARED_HI = 0x20000000;
 
 /** One mapping of the file in the process: `[start, end)` virtual, from file offset `fileOffset`. */
 export interface FileMapping {
@@ -90,9 +91,10 @@ export async function changedRanges(
         got += r;
       }
       for (let i = 0; i < n; i++) {
-        const e = view.getBigUint64(i * 8, true);
+        // The flags are the entry's top bits: its high 32-bit word suffices.
+        const hi = view.getUint32(i * 8 + 4, true);
         const off = m.fileOffset + (first + i) * PAGE;
-        const changed = (e & (PRESENT | SWAPPED)) !== 0n && (e & FILE_OR_SHARED) === 0n;
+        const changed = (hi & (PRESENT_HI | SWAPPED_HI)) !== 0 && (hi & FILE_OR_SHARED_HI) === 0;
         if (!changed || off >= limit) {
           flush();
           continue;

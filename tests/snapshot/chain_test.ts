@@ -14,11 +14,13 @@ import { MediaTypes } from "../../src/manifest/mod.ts";
 import { loadArtifact, ramLayers, writeArtifact } from "../../src/store/mod.ts";
 import {
   dropTemplate,
+  MAX_RAM_LAYERS,
   PARENT_ANNOTATION,
   SNAPSHOT_CACHE,
   snapshotInstance,
   startInstance,
   stopInstance,
+  WarmPool,
 } from "../../src/runtime/mod.ts";
 import { encodeRamDiff, encodeRamsnap, readRamDiff } from "../../src/snapshot/mod.ts";
 import { blobHashes, counterHome, lastCount, writerScript } from "../_helpers/snapshot.ts";
@@ -334,5 +336,56 @@ Deno.test({
     }
     const s2 = await loadArtifact(store, "test/shm:s2");
     assert.equal(ramLayers(s2.manifest).length, 2);
+  },
+});
+
+Deno.test({
+  name:
+    `a chain of ${MAX_RAM_LAYERS} layers restores from a warm pool, and the next snapshot is flattened`,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await using h = await counterHome({ tag: "test/deep:1" });
+    const { home, store } = h;
+    let id = `deep-0-${RUN}`;
+    await startInstance(store, h.ref, { ...VM, detach: true, name: id });
+    let at = await countPast(home, id, 3);
+    await snapshotInstance(home, id, { tag: "test/deep:s0", after: "stop" });
+    for (let k = 1; k <= MAX_RAM_LAYERS; k++) {
+      id = `deep-${k}-${RUN}`;
+      await startInstance(store, `test/deep:s${k - 1}`, { detach: true, name: id });
+      at = await countPast(home, id, at + 1);
+      await snapshotInstance(home, id, { tag: `test/deep:s${k}`, after: "stop" });
+      const a = await loadArtifact(store, `test/deep:s${k}`);
+      const layers = ramLayers(a.manifest);
+      if (k < MAX_RAM_LAYERS) {
+        assert.equal(layers.length, k + 1, `s${k} lists its chain`);
+      } else {
+        // A ninth layer would exceed the cap: one full ramsnap instead.
+        assert.equal(layers.length, 1, `s${k} is flattened`);
+        assert.equal(a.manifest.ramSnapshot!.layers, undefined);
+        const ram = a.oci.layers.find((l) => l.digest === layers[0])!;
+        assert.equal(ram.mediaType, MediaTypes.ramSnapshot);
+      }
+    }
+    // The longest chain, from a warm pool (its template built once, when the pool fills).
+    const deepest = `test/deep:s${MAX_RAM_LAYERS - 1}`;
+    const top = (await loadArtifact(store, deepest)).manifest.ramSnapshot!.ref;
+    await dropTemplate(top);
+    {
+      await using pool = new WarmPool(home, { size: 1 });
+      const digest = await pool.fill(deepest);
+      assert.equal(pool.ready(digest), 1);
+      const pooled = `deep-pool-${RUN}`;
+      await startInstance(store, deepest, { pool, name: pooled, detach: true });
+      await countPast(home, pooled, 3);
+      await stopInstance(home, pooled, { force: true });
+    }
+    // The flattened snapshot restores, and chaining starts over from it.
+    id = `deep-flat-${RUN}`;
+    await startInstance(store, `test/deep:s${MAX_RAM_LAYERS}`, { detach: true, name: id });
+    at = await countPast(home, id, at);
+    await snapshotInstance(home, id, { tag: "test/deep:again", after: "stop" });
+    assert.equal(ramLayers((await loadArtifact(store, "test/deep:again")).manifest).length, 2);
   },
 });
