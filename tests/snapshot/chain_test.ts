@@ -270,6 +270,13 @@ Deno.test({
           assert.deepEqual(await instanceIds(home), ids, `${name}: no instance left`);
           assert.deepEqual(await cacheEntries(), cache, `${name}: no template left`);
         }
+        // A runtime that maps one ramsnap blob itself cannot take a chain.
+        const ids = await instanceIds(home);
+        await assert.rejects(
+          startInstance(store, "test/w:s2", { detach: true, runtime: "cherrybomb" }),
+          /restores a single RAM snapshot blob; this one is a chain of 2 RAM layers/,
+        );
+        assert.deepEqual(await instanceIds(home), ids);
       } finally {
         await Deno.remove(work, { recursive: true });
       }
