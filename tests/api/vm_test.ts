@@ -8,6 +8,8 @@ import assert from "node:assert/strict";
 import { runConformance } from "../../src/api/mod.ts";
 import { buildDemoArtifact } from "../../examples/demo/build.ts";
 import { TEST_CACHE } from "../_helpers/vm.ts";
+import { dropTemplates } from "../_helpers/snapshot.ts";
+import { ContentStore } from "../../src/store/mod.ts";
 import { isVmProcess, killAll, ovmIn, waitFor } from "../_helpers/runtime.ts";
 import {
   CheckedClient,
@@ -244,6 +246,8 @@ Deno.test({
     } finally {
       await serve?.[Symbol.asyncDispose]();
       await killAll(home);
+      // The snapshot step left its template in the host-wide cache.
+      await dropTemplates(await ContentStore.open(home)).catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       await Deno.remove(home, { recursive: true }).catch(() => {});
     }
