@@ -172,6 +172,11 @@ export class OvmsClient implements Disposable {
     });
   }
 
+  /** Restores an instance put on standby (`snapshot(id, tag, {stop: true})`) under the same id. */
+  async resume(id: string): Promise<StatusReply> {
+    return await this.#call("POST", "/resume", { instance_id: id });
+  }
+
   async status(id: string): Promise<StatusReply> {
     return await this.#call("GET", `/status/${encodeURIComponent(id)}`);
   }

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { counterHome } from "../_helpers/snapshot.ts";
-import { isVmProcess, waitFor } from "../_helpers/runtime.ts";
+import { isVmProcess, ovmIn, waitFor } from "../_helpers/runtime.ts";
 import {
   CheckedClient,
   serveProcess,
@@ -123,6 +123,15 @@ Deno.test({
           assert.deepEqual(all.slice(0, before.length), before);
           const next = all[before.length];
           assert.ok(next >= last - 1 && next <= last + 3, `resumed at ${next} after ${last}`);
+          // The CLI goes through the server when one runs.
+          const sb = await ovmIn(h.home, "standby", "--socket", socket, "src");
+          assert.equal(sb.code, 0, sb.stderr);
+          assert.match(sb.stdout, /^src on standby: standby\/src:latest sha256:/);
+          assert.equal((await c.call("GET", "/status/src")).body.state, "stopped");
+          const rs = await ovmIn(h.home, "resume", "--socket", socket, "src");
+          assert.equal(rs.code, 0, rs.stderr);
+          assert.match(rs.stdout, /^src running/);
+          await countsPast(c, "src", all[all.length - 1] + 2);
         },
       );
 
