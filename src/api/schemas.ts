@@ -5,6 +5,7 @@
  * OpenAPI document in `spec/api/` is generated from these (`openapi.ts`).
  */
 import { z } from "zod";
+import { INSTANCE_STATES, OVMS_STATES } from "../runtime/mod.ts";
 
 /** Instance ids travel in URLs and become directory names: validated before any path is built. */
 export const InstanceIdSchema = z.string().regex(/^[a-z0-9-]{1,64}$/).describe(
@@ -12,21 +13,14 @@ export const InstanceIdSchema = z.string().regex(/^[a-z0-9-]{1,64}$/).describe(
 );
 
 /** ovm's instance states: the origin's five plus `paused` (carried as `runtime_state`). */
-export const StateSchema = z.enum([
-  "starting",
-  "running",
-  "paused",
-  "stopping",
-  "stopped",
-  "error",
-]);
+export const StateSchema = z.enum(INSTANCE_STATES);
 
 /**
  * The OVMS origin's `InstanceStatus.state` (spec/ovms-v0.1.md section 11):
  * what `state` carries on the wire, so a client of the origin contract reads
  * ovm's answers. The finer ovm state is in `runtime_state` (wire.ts maps it).
  */
-export const OvmsStateSchema = z.enum(["starting", "running", "stopping", "stopped", "error"]);
+export const OvmsStateSchema = z.enum(OVMS_STATES);
 
 /** The origin's `OperationResult.status`: how far a start or stop has got. */
 export const OperationStatusSchema = z.enum(["ok", "starting", "stopping"]);

@@ -18,7 +18,7 @@ import { VM_STATES, type VmState } from "../vmm/mod.ts";
 export type { VmState };
 
 /** Every state, in lifecycle order. */
-export const INSTANCE_STATES: readonly VmState[] = VM_STATES;
+export const INSTANCE_STATES = VM_STATES;
 
 /** The states of the OVMS runtime contract; `paused` extends them. */
 export const OVMS_STATES: readonly VmState[] = [
