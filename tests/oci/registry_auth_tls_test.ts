@@ -204,7 +204,7 @@ Deno.test("certs.d/HOST:PORT/ca.crt is trusted under $OVM_CERTS_D and in /etc/do
   }
 });
 
-Deno.test("credentials come from $DOCKER_CONFIG/config.json, ~/.docker/config.json and $REGISTRY_AUTH_FILE", async () => {
+Deno.test("credentials come from $DOCKER_CONFIG/config.json, ~/.docker/config.json, $REGISTRY_AUTH_FILE and podman's default auth.json places", async () => {
   await using reg = await startRegistry({ kind: "htpasswd", username: "al", password: "pw" });
   await using home = await tempDir("ovm-home-");
   await using tmp = await tempDir("ovm-creds-");
@@ -244,6 +244,29 @@ Deno.test("credentials come from $DOCKER_CONFIG/config.json, ~/.docker/config.js
   await assert.rejects(
     () => pullToStore(store, ref, { home: home.path, env: envOf({ HOME: fakeHome }) }),
     (e) => e instanceof AuthError && e.status === 401,
+  );
+  // podman's default places: $XDG_RUNTIME_DIR/containers/auth.json, then ~/.config/containers.
+  const runtimeDir = join(tmp.path, "run");
+  await writeJson(join(runtimeDir, "containers", "auth.json"), {
+    auths: { [reg.host]: { auth: basic("al", "pw") } },
+  });
+  await pullToStore(store, ref, {
+    home: home.path,
+    env: envOf({ HOME: fakeHome, XDG_RUNTIME_DIR: runtimeDir }),
+  });
+  await writeJson(join(fakeHome, ".config", "containers", "auth.json"), {
+    auths: { [reg.host]: { auth: basic("al", "pw") } },
+  });
+  await pullToStore(store, ref, { home: home.path, env: envOf({ HOME: fakeHome }) });
+  // An --authfile that is not there is named, not silently skipped.
+  await assert.rejects(
+    () =>
+      pullToStore(store, ref, {
+        home: home.path,
+        env: envOf({ HOME: fakeHome }),
+        authFile: join(tmp.path, "missing.json"),
+      }),
+    (e) => e instanceof OvmError && /missing\.json" \(--authfile\) does not exist/.test(e.message),
   );
   await assertStoreConsistent(home.path);
 });

@@ -10,6 +10,7 @@
  * then the file's `credsStore` helper (helper.ts runs them).
  */
 import { join } from "node:path";
+import { ValidationError } from "../../errors.ts";
 import { writeFileAtomic } from "../../util/fs.ts";
 import type { Credential, CredentialProvider } from "../remote/mod.ts";
 import { type AuthFile, helperFor, inlineCredential, readAuthFile } from "./auth_file.ts";
@@ -84,6 +85,11 @@ export function fileCredentials(
   return async (registry) => {
     for (const path of credentialFiles(home, options)) {
       const file: AuthFile | undefined = await readAuthFile(path);
+      if (!file && path === options.authFile) {
+        throw new ValidationError(`Auth file "${path}" (--authfile) does not exist`, {
+          hint: "give the path of a containers auth.json (podman login --authfile writes one)",
+        });
+      }
       if (!file) continue;
       const helper = helperFor(file, registry);
       const found = (helper ? await ask(helper, registry, path) : undefined) ??
