@@ -3,7 +3,9 @@
  * The only place ovm calls `Deno.dlopen`: libc's memory calls, used to keep
  * RAM snapshots resident (mlock), to hold guest memory in anonymous files
  * (memfd_create), and to map snapshot files (mmap). Only typed wrappers leave
- * this module; every failing call becomes an {@linkcode ErrnoError}.
+ * this module; every failing call becomes an {@linkcode ErrnoError}. Also the
+ * TAP queue a bridge-mode VMM inherits (`/dev/net/tun` + TUNSETIFF), so a
+ * VMM that runs unprivileged needs no access to `/dev/net/tun` itself.
  */
 import { OvmError } from "../src/errors.ts";
 
@@ -30,6 +32,10 @@ const SYMBOLS = {
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   // int getrlimit(int resource, struct rlimit *rlim)
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  // int ioctl(int fd, unsigned long request, void *argp)
+  ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  // int fcntl(int fd, int cmd, int arg)
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int *__errno_location(void)
   __errno_location: { parameters: [], result: "pointer" },
   // char *strerror(int errnum)
@@ -57,6 +63,8 @@ export const MADV_HUGEPAGE = 14;
 
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
+  16: "EBUSY",
+  19: "ENODEV",
   2: "ENOENT",
   9: "EBADF",
   11: "EAGAIN",
@@ -303,4 +311,56 @@ export function dataRanges(path: string, offset: number, length: number): [numbe
     closeFd(fd);
   }
   return out;
+}
+
+const TUNSETIFF = 0x400454can;
+const IFF_TAP = 0x0002;
+const IFF_NO_PI = 0x1000;
+const IFF_VNET_HDR = 0x4000;
+const F_DUPFD_CLOEXEC = 1030;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+/** Descriptors handed to children are moved to this number or above, clear of their 3..N. */
+const HIGH_FD = 64;
+
+/**
+ * Opens the queue of TAP device `name` (`/dev/net/tun`, TUNSETIFF with
+ * IFF_TAP | IFF_NO_PI | IFF_VNET_HDR) and returns its descriptor (≥ 64,
+ * close-on-exec until {@linkcode setInheritable}). A VMM that inherits it
+ * uses the TAP without opening `/dev/net/tun` (QEMU: `-netdev tap,fd=N`).
+ */
+export function openTapQueue(name: string): number {
+  const raw = check(
+    "open",
+    libc().open(cstr("/dev/net/tun"), O_RDWR | O_CLOEXEC, 0),
+    "/dev/net/tun",
+  );
+  try {
+    const ifr = new Uint8Array(40);
+    const nameBytes = new TextEncoder().encode(name);
+    if (nameBytes.length > 15) {
+      throw new ErrnoError("ioctl", 22, `TUNSETIFF ${name}: name too long`);
+    }
+    ifr.set(nameBytes);
+    new DataView(ifr.buffer).setUint16(16, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, true);
+    check(
+      "ioctl",
+      libc().ioctl(raw, TUNSETIFF, ifr),
+      `TUNSETIFF ${name}`,
+      (e) =>
+        e === 16
+          ? "another process has the TAP open"
+          : e === 1
+          ? "ovm needs root (CAP_NET_ADMIN)"
+          : undefined,
+    );
+    return check("fcntl", libc().fcntl(raw, F_DUPFD_CLOEXEC, HIGH_FD), `F_DUPFD_CLOEXEC fd ${raw}`);
+  } finally {
+    libc().close(raw);
+  }
+}
+
+/** Whether a child started from now on inherits `fd` (clears or sets FD_CLOEXEC). */
+export function setInheritable(fd: number, inheritable: boolean): void {
+  check("fcntl", libc().fcntl(fd, F_SETFD, inheritable ? 0 : FD_CLOEXEC), `F_SETFD fd ${fd}`);
 }

@@ -121,7 +121,8 @@ cfg() { [ -f "$CFG/$1" ] && cat "$CFG/$1"; }
 # --- hostname and network ------------------------------------------------------
 HN=$P_HOSTNAME
 [ -n "$HN" ] || HN=$(cfg hostname)
-[ -n "$HN" ] || HN=ovms
+HN_DEFAULT=
+[ -n "$HN" ] || { HN=ovms; HN_DEFAULT=1; }
 hostname "$HN"
 ip link set lo up 2>/dev/null
 if [ "$P_NET" != none ]; then
@@ -144,6 +145,58 @@ if [ -f /run/ovms/resolv.conf ]; then
     log "warning: cannot write /etc/resolv.conf (read-only root)"
 fi
 [ -w "$ROOT/etc" ] && echo "$HN" >"$ROOT/etc/hostname" 2>/dev/null
+
+# --- identity (spec §7.6.6) --------------------------------------------------------
+# QEMU hands the guest an identity document as fw_cfg file opt/ovms/identity:
+# "key=value" lines, the generation first, padded to a fixed size. A restored
+# clone gets a new one; ovms-init applies it (MAC, address, RNG seed, hostname,
+# machine-id) and prints "OVMS-IDENTITY: <generation>" when done.
+IDF=/sys/firmware/qemu_fw_cfg/by_name/opt/ovms/identity/raw
+apply_identity() {
+  I_GEN= I_HOST= I_NET0= I_SEED=
+  while IFS='=' read -r k v; do
+    case "$k" in
+      generation) I_GEN=$v ;;
+      hostname) I_HOST=$v ;;
+      net0) I_NET0=$v ;;
+      seed) I_SEED=$v ;;
+    esac
+  done <"$IDF"
+  [ -n "$I_SEED" ] && echo "$I_SEED" >/dev/urandom
+  if [ -n "$I_NET0" ] && [ -e /sys/class/net/eth0 ]; then
+    # mac address/prefix gateway dns ("-" for none)
+    set -- $I_NET0
+    ip link set eth0 address "$1" || log "warning: cannot set MAC $1"
+    ip addr flush dev eth0
+    ip addr add "$2" dev eth0 || log "warning: cannot set address $2"
+    [ "$3" = - ] || ip route replace default via "$3" || log "warning: cannot set gateway $3"
+    [ "$4" = - ] || echo "nameserver $4" >"$ROOT/etc/resolv.conf" 2>/dev/null
+    # Tell the segment the address moved to this MAC.
+    arping -q -U -c 1 -I eth0 "${2%/*}" >/dev/null 2>&1 &
+  fi
+  if [ -n "$I_HOST" ] && [ -n "$HN_DEFAULT" ]; then
+    hostname "$I_HOST"
+    [ -w "$ROOT/etc" ] && echo "$I_HOST" >"$ROOT/etc/hostname" 2>/dev/null
+  fi
+  [ -w "$ROOT/etc" ] && [ -n "$I_GEN" ] && echo "$I_GEN" | tr -d - >"$ROOT/etc/machine-id" 2>/dev/null
+  echo "OVMS-IDENTITY: $I_GEN"
+}
+IDLAST=
+if [ -r "$IDF" ]; then
+  read -r IDLAST <"$IDF"
+  I_SEED=$(grep '^seed=' "$IDF" 2>/dev/null)
+  [ -n "$I_SEED" ] && echo "${I_SEED#seed=}" >/dev/urandom
+fi
+# Polls the generation (one read of the first line, no fork) while the workload runs.
+identity_watch() {
+  while :; do
+    usleep 100000
+    read -r cur <"$IDF" 2>/dev/null || continue
+    [ "$cur" = "$IDLAST" ] && continue
+    IDLAST=$cur
+    apply_identity
+  done
+}
 
 # --- switch_root: the image boots itself ----------------------------------------
 if [ "$P_MODE" = switch_root ]; then
@@ -259,6 +312,8 @@ STOPSIG=$(cfg stopsignal)
 eval "set -- env -i HOME=\"\$HOMEDIR\" HOSTNAME=\"\$HN\" $(cfg env) \
   nsenter -r\"\$ROOT\" -w\"\$WDH\" -S \"\$UID_\" -G \"\$GID_\" -F -- $(cfg argv)"
 
+# Clones restored from a snapshot of this guest take their new identity here.
+[ -r "$IDF" ] && identity_watch </dev/null >/dev/console 2>&1 &
 child=
 forward() {
   [ -n "$child" ] && kill "-$STOPSIG" "$child" 2>/dev/null

@@ -1,6 +1,6 @@
 /**
  * @module
- * Bridge networking for ovm (spec section 9): named networks (a Linux
+ * Bridge networking for ovm (spec section 7.6): named networks (a Linux
  * bridge with a subnet, outbound NAT and optional isolation), a persistent
  * crash-safe IPAM under `$OVM_HOME/networks/`, a TAP per guest NIC owned by
  * the VMM's uid, published ports as nftables DNAT, and cleanup of what

@@ -6,6 +6,7 @@
  * sockets and temp files registered with it — also when the caller fails.
  */
 import { NotFoundError, OvmError } from "../errors.ts";
+import { setInheritable } from "../../ffi/mod.ts";
 
 export interface RunOptions {
   cwd?: string;
@@ -140,6 +141,12 @@ export interface SpawnOptions extends Omit<RunOptions, "stdin" | "allowFailure">
   newSession?: boolean;
   /** Append the program's stdout and stderr to this file (opened before `dropTo`). */
   outputFile?: string;
+  /**
+   * Open descriptors (from `ffi/`, e.g. a TAP queue) the program inherits at
+   * the same numbers. They are inheritable only during the (synchronous)
+   * spawn, so no other child ever gets them.
+   */
+  inheritFds?: number[];
 }
 
 export interface PassedFile {
@@ -260,7 +267,9 @@ export function spawn(cmd: string, args: string[], options: SpawnOptions = {}): 
   const wrapped = options.passFiles?.length || options.dropTo || options.newSession ||
     options.outputFile;
   const argv = wrapped ? wrapperArgv(cmd, args, options) : [cmd, ...args];
+  const inherit = options.inheritFds ?? [];
   try {
+    for (const fd of inherit) setInheritable(fd, true);
     child = new Deno.Command(argv[0], {
       args: argv.slice(1),
       cwd: options.cwd,
@@ -276,6 +285,8 @@ export function spawn(cmd: string, args: string[], options: SpawnOptions = {}): 
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) notFound(cmd, e);
     throw e;
+  } finally {
+    for (const fd of inherit) setInheritable(fd, false);
   }
   return new ProcessHandle(
     child,

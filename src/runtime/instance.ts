@@ -61,13 +61,18 @@ export const InstanceStateSchema = z.object({
   memoryBytes: z.number().int().positive(),
   cpus: z.number().int().positive(),
   network: z.object({
-    mode: z.enum(["none", "user"]),
+    mode: z.enum(["none", "user", "bridge"]),
     publish: z.array(z.object({
       hostIp: z.string(),
       hostPort: z.number(),
       guestPort: z.number(),
       protocol: z.enum(["tcp", "udp"]),
     })),
+    /** Bridge mode: the network's name (spec section 7.6). */
+    network: z.string().optional(),
+    /** Bridge mode: the guest's addresses, one per NIC. */
+    addresses: z.array(z.object({ network: z.string(), address: z.string(), mac: z.string() }))
+      .optional(),
   }),
   devices: z.array(DeviceStatusSchema),
   detached: z.boolean(),

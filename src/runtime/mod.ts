@@ -44,6 +44,7 @@ export {
 } from "./instance.ts";
 export {
   DEFAULT_MEMORY,
+  parseNetFlag,
   parseNetMode,
   parsePublish,
   type PreparedRestore,

@@ -41,17 +41,30 @@ export function parsePublish(spec: string): PortMapping {
   }
 }
 
-export function parseNetMode(value: string | undefined, publish: PortMapping[]): NetMode {
+/** Parses `--net none|user|bridge[=NETWORK]`. */
+export function parseNetFlag(
+  value: string | undefined,
+  publish: PortMapping[],
+): { mode: NetMode; network?: string } {
   const v = value ?? "user";
-  if (v !== "none" && v !== "user") {
+  const [mode, network, extra] = v.split("=");
+  if (
+    (mode !== "none" && mode !== "user" && mode !== "bridge") || extra !== undefined ||
+    (network !== undefined && (mode !== "bridge" || network === ""))
+  ) {
     throw new ValidationError(`Invalid --net "${v}"`, {
-      hint: "use user (QEMU user-mode networking, no root needed) or none",
+      hint: "use user (QEMU user-mode networking, no root needed), bridge[=NETWORK] " +
+        "(a TAP on an ovm bridge with its own address; root) or none",
     });
   }
-  if (v === "none" && publish.length) {
+  if (mode === "none" && publish.length) {
     throw new ValidationError("-p needs a network: it cannot be used with --net none");
   }
-  return v;
+  return { mode, ...(network !== undefined ? { network } : {}) };
+}
+
+export function parseNetMode(value: string | undefined, publish: PortMapping[]): NetMode {
+  return parseNetFlag(value, publish).mode;
 }
 
 /** The guest address ovm gives a user-mode network (QEMU's slirp defaults). */

@@ -38,7 +38,7 @@ export const RestoreRecordSchema = z.strictObject({
   ),
   ramsnapVersion: z.number().int().positive(),
   cmdline: z.string().describe("The kernel command line the guest booted with."),
-  network: z.enum(["none", "user"]),
+  network: z.enum(["none", "user", "bridge"]),
   devices: z.array(z.string()).describe("Device names, in manifest order."),
   configDiskBytes: z.number().int().nonnegative().optional().describe(
     "Size of the bootstrap config disk the guest saw, when it had one.",

@@ -33,6 +33,7 @@ export { EXIT_LINE_RE, InitExitCodes, type InitOutcome, parseConsole } from "./c
 export { buildConfigDisk, DEFAULT_PATH, renderConfigFiles, shellQuote } from "./config_disk.ts";
 export { addKernel, type AddKernelOptions, parseKernelSource } from "./kernel.ts";
 export { buildInitrd, type BuildInitrdOptions } from "./initrd.ts";
+export { type GuestIdentity, type GuestNicIdentity, identityDocument } from "./identity.ts";
 export {
   imageDir,
   type InitrdMeta,

@@ -56,4 +56,4 @@ export const REQUIRED_MODULES = [
 ] as const;
 
 /** Loaded when present, tolerated when absent (they speed up or harden the guest). */
-export const OPTIONAL_MODULES = ["crc32c_generic", "virtio_rng"] as const;
+export const OPTIONAL_MODULES = ["crc32c_generic", "virtio_rng", "qemu_fw_cfg"] as const;

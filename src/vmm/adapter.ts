@@ -29,8 +29,13 @@ export type SnapshotKind = "ram";
  * ramsnap blob itself, which the backend decodes (descriptor runtimes).
  */
 export type RestoreSource = "template" | "ramsnap";
-/** Network modes; a new mode adds its own fields to {@linkcode NetworkSpec}. */
-export type NetMode = "none" | "user";
+/**
+ * Network modes; a new mode adds its own fields to {@linkcode NetworkSpec}.
+ * `none`: no NIC. `user`: the VMM's own user-mode stack (QEMU slirp) with
+ * ports forwarded by the VMM. `bridge`: a NIC on a host TAP device that ovm's
+ * network module created on a bridge (spec section 7.6).
+ */
+export type NetMode = "none" | "user" | "bridge";
 
 /** Largest device-state stream ovm saves or loads (guest RAM is not in it). */
 export const MAX_DEVICE_STATE = 256 << 20;
@@ -77,16 +82,25 @@ export interface PortMapping {
   protocol: "tcp" | "udp";
 }
 
+/** A guest NIC backed by a host TAP device (bridge mode). */
+export interface NicSpec {
+  /** The TAP device; it exists, owned by `VmSpec.runAs`, before the VMM starts. */
+  tap: string;
+  /** The guest's MAC address. */
+  mac: string;
+}
+
 /**
  * The guest's network. `mode` says which kind; each mode reads its own
- * fields (`user`: `publish`). Other modes (bridges, TAP devices) add their
- * fields here as optional members, so existing backends keep compiling and
- * refuse a mode they do not list in `capabilities.network`.
+ * fields (`user`: `publish`; `bridge`: `nics`), so backends refuse a mode
+ * they do not list in `capabilities.network`.
  */
 export interface NetworkSpec {
   mode: NetMode;
-  /** Host ports forwarded into the guest (`user` mode). */
+  /** Ports the VMM forwards (user mode); in bridge mode the host's nftables DNAT does it. */
   publish: PortMapping[];
+  /** Bridge mode: the NICs in guest order (eth0 first). */
+  nics?: NicSpec[];
 }
 
 /** Everything a backend needs to start one VM. Paths are absolute. */
@@ -121,7 +135,18 @@ export interface VmSpec {
   memory?: { path: string; share: boolean; create: boolean };
   /** A fresh VM generation id (a UUID) for the guest's vmgenid device. */
   vmgenid?: string;
+  /**
+   * The guest identity document (spec section 7.6.6: generation, hostname,
+   * NIC addresses, RNG seed), exactly {@linkcode IDENTITY_SIZE} bytes, no
+   * commas. QEMU hands it to the guest as fw_cfg file `opt/ovms/identity`,
+   * where ovms-init reads it at boot and again whenever it changes (a
+   * restored clone).
+   */
+  identity?: string;
 }
+
+/** The fixed size of the guest identity document (a restored guest caches the size). */
+export const IDENTITY_SIZE = 512;
 
 /** Plain, persistable facts about a started VM: enough to control it from another process. */
 export interface VmHandle {

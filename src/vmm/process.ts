@@ -41,6 +41,8 @@ export interface LaunchOptions {
   /** Recorded in the handle: removed once the VM is gone. */
   runtimeFiles?: string[];
   devices?: DeviceStatus[];
+  /** Descriptors the VMM inherits at the same numbers (a TAP queue; `SpawnOptions.inheritFds`). */
+  inheritFds?: number[];
   /** Called once the process ended (after `exited` settles for the launcher). */
   onExit?: () => void;
   signal?: AbortSignal;
@@ -77,6 +79,7 @@ export async function launchVmm(
     stdin: "null",
     stdout: "null",
     stderr: "null",
+    inheritFds: options.inheritFds,
   });
   const handle: VmHandle = {
     adapter,

@@ -305,6 +305,7 @@ export class FakeFirecracker extends FakeVmm {
   machine?: Json;
   serialOut?: string;
   drives: Record<string, Json> = {};
+  netIfaces: Record<string, Json> = {};
 
   errorReply(status: number, message: string): Reply {
     return { status, body: { fault_message: message } };
@@ -313,6 +314,13 @@ export class FakeFirecracker extends FakeVmm {
   protected route(method: string, path: string, body: unknown): Reply {
     const b = body as Json;
     const preBoot = this.state === "Not started" && !this.restored;
+    const iface = /^\/network-interfaces\/([^/]+)$/.exec(path);
+    if (iface && method === "PUT") {
+      if (!preBoot) return this.errorReply(400, "network interfaces can be added before boot only");
+      if (b.iface_id !== iface[1]) return this.errorReply(400, "iface_id differs from the path");
+      this.netIfaces[iface[1]] = b;
+      return { status: 204 };
+    }
     const drive = /^\/drives\/([^/]+)$/.exec(path);
     if (drive) {
       if (method === "PUT") {
@@ -358,6 +366,7 @@ export class FakeFirecracker extends FakeVmm {
             ...(this.bootSource ? { "boot-source": this.bootSource } : {}),
             ...(this.machine ? { "machine-config": this.machine } : {}),
             drives: Object.values(this.drives),
+            "network-interfaces": Object.values(this.netIfaces),
           },
         };
       case "PUT /actions":
@@ -387,7 +396,7 @@ export class FakeFirecracker extends FakeVmm {
         if (this.state !== "Paused") return this.errorReply(400, "the microVM must be paused");
         writeFileSync(
           b.snapshot_path as string,
-          JSON.stringify({ machine: this.machine, drives: this.drives }),
+          JSON.stringify({ machine: this.machine, drives: this.drives, netIfaces: this.netIfaces }),
         );
         using f = Deno.openSync(b.mem_file_path as string, { write: true, create: true });
         f.truncateSync(((this.machine?.mem_size_mib as number) ?? 1) << 20);
@@ -402,6 +411,14 @@ export class FakeFirecracker extends FakeVmm {
         Deno.statSync(backend.backend_path as string);
         this.machine = saved.machine;
         this.drives = saved.drives;
+        this.netIfaces = saved.netIfaces ?? {};
+        for (const o of (b.network_overrides ?? []) as Json[]) {
+          const n = this.netIfaces[o.iface_id as string];
+          if (!n) {
+            return this.errorReply(400, `the snapshot has no network interface "${o.iface_id}"`);
+          }
+          n.host_dev_name = o.host_dev_name;
+        }
         this.restored = true;
         this.state = b.resume_vm ? "Running" : "Paused";
         return { status: 204 };

@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { buildQemuCommand, SANDBOX } from "../../src/vmm/qemu/mod.ts";
 import type { VmSpec } from "../../src/vmm/mod.ts";
+import { identityDocument } from "../../src/system/mod.ts";
 
 function spec(over: Partial<VmSpec> = {}): VmSpec {
   return {
@@ -117,4 +118,37 @@ Deno.test("published ports become user-network host forwards; --net none adds no
   const none = buildQemuCommand(spec({ network: { mode: "none", publish: [] } }));
   assert.deepEqual(after(none.args, "-netdev"), []);
   assert.ok(!none.args.some((a) => a.startsWith("virtio-net")));
+});
+
+Deno.test("bridge NICs are tap netdevs on the inherited TAP queues with their MACs, and the identity a fw_cfg file", () => {
+  const identity = identityDocument({
+    generation: "0b9a6c2e-1f7e-4d55-9a0e-3c3d2f1e0a11",
+    hostname: "t1",
+    nics: [{ mac: "02:4f:0a:59:00:02", address: "10.89.0.2/24", gateway: "10.89.0.1" }],
+  });
+  const s = spec({
+    network: {
+      mode: "bridge",
+      publish: [],
+      nics: [{ tap: "ovt1234abcd0", mac: "02:4f:0a:59:00:02" }],
+    },
+    identity,
+  });
+  const byFd = buildQemuCommand(s, { tapFds: [64] });
+  assert.deepEqual(after(byFd.args, "-netdev"), ["tap,id=net0,fd=64"]);
+  assert.ok(
+    byFd.args.includes("virtio-net-pci,netdev=net0,id=nic0,mac=02:4f:0a:59:00:02"),
+    byFd.args.join(" "),
+  );
+  // Without an inherited queue QEMU opens the TAP by name, never through a helper script.
+  const byName = buildQemuCommand(s);
+  assert.deepEqual(after(byName.args, "-netdev"), [
+    "tap,id=net0,ifname=ovt1234abcd0,script=no,downscript=no",
+  ]);
+  // No hostfwd in bridge mode: nftables publishes the ports.
+  assert.ok(!byFd.args.some((a) => a.includes("hostfwd")));
+  const fwcfg = after(byFd.args, "-fw_cfg");
+  assert.equal(fwcfg.length, 1);
+  assert.ok(fwcfg[0].startsWith("name=opt/ovms/identity,string=generation=0b9a6c2e-"));
+  assert.ok(!fwcfg[0].slice("name=opt/ovms/identity,string=".length).includes(","));
 });

@@ -369,3 +369,88 @@ Deno.test("a VMM whose API socket is gone gives a VmmError naming the step", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("bridge NICs reach Cloud Hypervisor and Firecracker through their APIs, and a restore takes the clone's TAP", async () => {
+  const bridged = async (dir: string, id: string, tap: string, mac: string) => {
+    const spec = await makeSpec(dir, id);
+    spec.network = { mode: "bridge", publish: [], nics: [{ tap, mac }] };
+    return spec;
+  };
+  await withFakes(async ({ dir, log, ch, fc }) => {
+    const pids: number[] = [];
+    try {
+      // Cloud Hypervisor: vm.create's `net`, and the restore config rewritten to the new TAP.
+      const chA = new CloudHypervisorAdapter({ binary: ch });
+      const spec = await bridged(join(dir, "ch1"), "n1", "ovt00000aaa0", "02:4f:0a:59:00:02");
+      await chA.prepare(spec);
+      const vm = await chA.start(spec);
+      pids.push(vm.handle.pid);
+      await chA.pause(vm.handle);
+      const snap = join(dir, "ch-snap");
+      const files = await chA.snapshot(vm.handle, { kind: "ram", dest: snap, vmDir: spec.vmDir });
+      await chA.stop(vm.handle, { force: true });
+      await vm.exited;
+      const spec2 = await bridged(join(dir, "ch2"), "n2", "ovt00000bbb0", "02:4f:0a:59:00:03");
+      spec2.memory = { path: files.memory, share: false, create: false };
+      await chA.prepare(spec2);
+      const vm2 = await chA.restore(spec2, { kind: "ram", source: snap });
+      pids.push(vm2.handle.pid);
+      await chA.stop(vm2.handle, { force: true });
+      await vm2.exited;
+      const chCalls = await readCallLog(log);
+      assertNoViolations(chCalls);
+      const create = chCalls.find((c) => c.path === "/vm.create")!.body as Body;
+      assert.deepEqual(create.net, [{ id: "net0", tap: "ovt00000aaa0", mac: "02:4f:0a:59:00:02" }]);
+      const restored = JSON.parse(
+        await Deno.readTextFile(join(spec2.vmDir, "ch-restore", "config.json")),
+      );
+      assert.equal(restored.net[0].tap, "ovt00000bbb0");
+      // The guest keeps the MAC it had until ovms-init applies its new identity.
+      assert.equal(restored.net[0].mac, "02:4f:0a:59:00:02");
+      await Deno.writeTextFile(log, "");
+
+      // Firecracker: PUT /network-interfaces before boot, network_overrides on load.
+      const fcA = new FirecrackerAdapter({ binary: fc });
+      const fspec = await bridged(join(dir, "fc1"), "n3", "ovt00000ccc0", "02:4f:0a:59:00:04");
+      await fcA.prepare(fspec);
+      const fvm = await fcA.start(fspec);
+      pids.push(fvm.handle.pid);
+      await fcA.pause(fvm.handle);
+      const fsnap = join(dir, "fc-snap");
+      const ffiles = await fcA.snapshot(fvm.handle, {
+        kind: "ram",
+        dest: fsnap,
+        vmDir: fspec.vmDir,
+      });
+      await fcA.stop(fvm.handle, { force: true });
+      await fvm.exited;
+      const fspec2 = await bridged(join(dir, "fc2"), "n4", "ovt00000ddd0", "02:4f:0a:59:00:05");
+      fspec2.memory = { path: ffiles.memory, share: false, create: false };
+      await fcA.prepare(fspec2);
+      const fvm2 = await fcA.restore(fspec2, { kind: "ram", source: fsnap });
+      pids.push(fvm2.handle.pid);
+      await fcA.stop(fvm2.handle, { force: true });
+      await fvm2.exited;
+      const fcCalls = await readCallLog(log);
+      assertNoViolations(fcCalls);
+      const seq = fcCalls.map((c) => `${c.method} ${c.path}`);
+      assert.ok(
+        seq.indexOf("PUT /network-interfaces/eth0") < seq.indexOf("PUT /actions"),
+        seq.join(", "),
+      );
+      const put = fcCalls.find((c) => c.path === "/network-interfaces/eth0")!.body as Body;
+      assert.deepEqual(put, {
+        iface_id: "eth0",
+        host_dev_name: "ovt00000ccc0",
+        guest_mac: "02:4f:0a:59:00:04",
+      });
+      const load = fcCalls.find((c) => c.path === "/snapshot/load")!.body as Body;
+      assert.deepEqual(load.network_overrides, [{
+        iface_id: "eth0",
+        host_dev_name: "ovt00000ddd0",
+      }]);
+    } finally {
+      cleanup(pids);
+    }
+  });
+});

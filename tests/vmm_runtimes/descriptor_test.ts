@@ -301,3 +301,37 @@ Deno.test("--runtime-path without --runtime is refused before anything runs", as
     assert.match(r.stderr, /--runtime-path needs --runtime/);
   });
 });
+
+Deno.test("a descriptor maps bridge NICs with its nic template, and bridge without one is refused", async () => {
+  const d = valid();
+  d.network = ["none", "bridge"];
+  assert.throws(
+    () => parseRuntimeDescriptor(d, "test.json"),
+    (e) =>
+      e instanceof ValidationError && /network "bridge" needs the "nic" mapping/.test(e.message),
+  );
+  (d.args as Record<string, unknown>).nic = ["--net", "tap={tap},mac={mac},id=n{index}"];
+  const a = new CliRuntimeAdapter(parseRuntimeDescriptor(d, "test.json"));
+  assert.deepEqual(a.capabilities.network, ["none", "bridge"]);
+  const dir = await Deno.makeTempDir({ prefix: "ovm-desc-nic-" });
+  try {
+    const spec = await makeSpec(dir);
+    spec.network = {
+      mode: "bridge",
+      publish: [],
+      nics: [{ tap: "ovt12345678a0", mac: "02:4f:0a:59:00:02" }],
+    };
+    const args = a.buildArgs(spec, { disks: a.diskFiles(spec) });
+    const i = args.indexOf("--net");
+    assert.deepEqual(args.slice(i, i + 2), [
+      "--net",
+      "tap=ovt12345678a0,mac=02:4f:0a:59:00:02,id=n0",
+    ]);
+    const bad = valid();
+    bad.network = ["bridge"];
+    (bad.args as Record<string, unknown>).nic = ["--net", "{ip}"];
+    assert.throws(() => parseRuntimeDescriptor(bad, "t"), /unknown placeholder "\{ip\}"/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -54,6 +54,11 @@ export function vmConfig(spec: VmSpec): Record<string, unknown> {
   for (const [i, d] of spec.extraDisks.entries()) {
     disks.push({ id: `extra${i}`, path: d.path, readonly: d.readOnly, image_type: "Raw" });
   }
+  const net = (spec.network.nics ?? []).map((nic, i) => ({
+    id: `net${i}`,
+    tap: nic.tap,
+    mac: nic.mac,
+  }));
   return {
     payload: {
       kernel: spec.kernel,
@@ -63,6 +68,7 @@ export function vmConfig(spec: VmSpec): Record<string, unknown> {
     cpus: { boot_vcpus: spec.cpus, max_vcpus: spec.cpus },
     memory: { size: spec.memoryBytes, shared: true },
     ...(disks.length ? { disks } : {}),
+    ...(net.length ? { net } : {}),
     serial: { mode: "File", file: spec.consoleLog },
     console: { mode: "Off" },
   };
@@ -79,7 +85,7 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     restoreFrom: ["template"],
     preparedRestore: true,
     diskFormats: ["qcow2", "raw"],
-    network: ["none"],
+    network: ["none", "bridge"],
     pause: true,
   };
   readonly #binary: string;
@@ -105,7 +111,10 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     if (!this.capabilities.network.includes(spec.network.mode)) {
       throw new ValidationError(
         `Network mode "${spec.network.mode}" is not supported by cloud-hypervisor`,
-        { hint: "use --net none (Cloud Hypervisor networks through TAP devices only)" },
+        {
+          hint:
+            "use --net bridge or --net none (Cloud Hypervisor networks through TAP devices only)",
+        },
       );
     }
   }
@@ -326,6 +335,14 @@ export class CloudHypervisorAdapter implements VmmAdapter {
     // Same machine, this instance's files.
     config.payload = { ...config.payload, ...(fresh.payload as object) };
     config.disks = fresh.disks ?? null;
+    // This instance's TAPs (the guest keeps its MAC until ovms-init changes it).
+    if (Array.isArray(config.net) && Array.isArray(fresh.net)) {
+      const nets = fresh.net as { id: string; tap: string }[];
+      config.net = config.net.map((n: { id?: string }, i: number) => ({
+        ...n,
+        tap: (nets.find((f) => f.id === n.id) ?? nets[i])?.tap,
+      }));
+    }
     config.serial = fresh.serial;
     await Deno.writeTextFile(join(dir, "config.json"), JSON.stringify(config));
     await Deno.writeTextFile(join(dir, "state.json"), saved.files["state.json"] ?? "{}");

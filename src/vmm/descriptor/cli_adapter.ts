@@ -223,6 +223,11 @@ export class CliRuntimeAdapter implements VmmAdapter {
       const tpl = (a.devices as Record<string, string[] | undefined>)[d.type]!;
       args.push(...expand(tpl, { name: d.name, size: d.size, mmio_addr: d.mmio_addr }));
     }
+    if (spec.network.mode === "bridge" && a.nic) {
+      for (const [index, nic] of (spec.network.nics ?? []).entries()) {
+        args.push(...expand(a.nic, { tap: nic.tap, mac: nic.mac, index }));
+      }
+    }
     args.push(...expand(a.cmdline, { cmdline: spec.cmdline }));
     return args;
   }

@@ -18,6 +18,7 @@ export const PLACEHOLDERS = {
   memory: ["bytes", "mib"],
   cpus: ["count"],
   ivshmem: ["name", "size", "mmio_addr"],
+  nic: ["tap", "mac", "index"],
 } as const;
 
 const Template = z.array(z.string().min(1)).min(1);
@@ -43,7 +44,8 @@ export const RuntimeDescriptorSchema = z.strictObject({
    * flattened to one sparse raw file, then the extra disks.
    */
   disks: z.enum(["layers", "flat-raw"]),
-  network: z.array(z.enum(["none", "user"])).min(1),
+  /** `bridge` needs the `nic` mapping: ovm creates the TAP, the binary opens it. */
+  network: z.array(z.enum(["none", "user", "bridge"])).min(1),
   args: z.strictObject({
     /** Flags placed before every mapped one (subcommands, fixed options). */
     prefix: z.array(z.string()).optional(),
@@ -54,6 +56,8 @@ export const RuntimeDescriptorSchema = z.strictObject({
     cmdline: Template,
     memory: Template.optional(),
     cpus: Template.optional(),
+    /** One per guest NIC in bridge mode: `{tap}` (the host TAP), `{mac}`, `{index}`. */
+    nic: Template.optional(),
     devices: DeviceTypes.default({}),
   }),
   stop: z.strictObject({
@@ -74,7 +78,14 @@ function checkPlaceholders(d: RuntimeDescriptor, source: string): void {
     ["memory", d.args.memory],
     ["cpus", d.args.cpus],
     ["ivshmem", d.args.devices.ivshmem],
+    ["nic", d.args.nic],
   ];
+  if (d.network.includes("bridge") && !d.args.nic) {
+    throw new ValidationError(
+      `Runtime descriptor ${source}: network "bridge" needs the "nic" mapping`,
+      { hint: 'add args.nic, e.g. ["--net", "tap={tap},mac={mac}"]' },
+    );
+  }
   for (const [key, tpl] of entries) {
     for (const part of tpl ?? []) {
       for (const m of part.matchAll(/\{([^}]*)\}/g)) {

@@ -80,6 +80,13 @@ export function bootCalls(spec: VmSpec): FcCall[] {
       body: { drive_id: d.id, path_on_host: d.path, is_root_device: false, is_read_only: d.ro },
     });
   }
+  for (const [i, nic] of (spec.network.nics ?? []).entries()) {
+    calls.push({
+      method: "PUT",
+      path: `/network-interfaces/eth${i}`,
+      body: { iface_id: `eth${i}`, host_dev_name: nic.tap, guest_mac: nic.mac },
+    });
+  }
   calls.push({ method: "PUT", path: "/actions", body: { action_type: "InstanceStart" } });
   return calls;
 }
@@ -112,7 +119,7 @@ export class FirecrackerAdapter implements VmmAdapter {
     restoreFrom: ["template"],
     preparedRestore: true,
     diskFormats: ["qcow2", "raw"],
-    network: ["none"],
+    network: ["none", "bridge"],
     pause: true,
   };
   readonly #binary: string;
@@ -138,7 +145,7 @@ export class FirecrackerAdapter implements VmmAdapter {
     if (!this.capabilities.network.includes(spec.network.mode)) {
       throw new ValidationError(
         `Network mode "${spec.network.mode}" is not supported by firecracker`,
-        { hint: "use --net none (Firecracker networks through TAP devices only)" },
+        { hint: "use --net bridge or --net none (Firecracker networks through TAP devices only)" },
       );
     }
     if (await isBzImage(spec.kernel)) {
@@ -358,6 +365,15 @@ export class FirecrackerAdapter implements VmmAdapter {
             snapshot_path: join(options.source, "device-state"),
             mem_backend: { backend_type: "File", backend_path: memory.path },
             resume_vm: false,
+            // A restored VM uses this instance's TAPs, not the snapshotted VM's.
+            ...(spec.network.nics?.length
+              ? {
+                network_overrides: spec.network.nics.map((nic, i) => ({
+                  iface_id: `eth${i}`,
+                  host_dev_name: nic.tap,
+                })),
+              }
+              : {}),
           },
           step: "PUT /snapshot/load",
           timeoutMs: o.timeoutMs ?? 600_000,

@@ -29,6 +29,7 @@ import { buildQemuCommand, MIGRATION_SOCKET_NAME, QMP_SOCKET_NAME, ramPath } fro
 import { QmpClient } from "./qmp.ts";
 import { clearSharedBlockAddrs } from "./migration_stream.ts";
 import { restoredTemplate, snapshotRestored } from "./diff_snapshot.ts";
+import { closeFd, openTapQueue } from "../../../ffi/mod.ts";
 
 /**
  * A QEMU waiting for an incoming migration (`-incoming defer`) with
@@ -67,7 +68,7 @@ export class QemuAdapter implements VmmAdapter {
     restoreFrom: ["template"],
     preparedRestore: true,
     diskFormats: ["qcow2", "raw"],
-    network: ["none", "user"],
+    network: ["none", "user", "bridge"],
     pause: true,
   };
   readonly #binary: string;
@@ -169,7 +170,30 @@ export class QemuAdapter implements VmmAdapter {
     incoming: boolean,
     paused = false,
   ): Promise<StartedVm> {
-    const cmd = buildQemuCommand(spec, { incoming, paused });
+    const tapFds: number[] = [];
+    try {
+      for (const nic of spec.network.mode === "bridge" ? spec.network.nics ?? [] : []) {
+        tapFds.push(openTapQueue(nic.tap));
+      }
+    } catch (e) {
+      for (const fd of tapFds) closeFd(fd);
+      throw new VmmError("qemu", "start", "cannot open the VM's TAP device", { cause: e });
+    }
+    try {
+      return await this.#spawnWith(spec, options, { incoming, paused, tapFds });
+    } finally {
+      // QEMU holds its own copies now (or failed): ovm's go.
+      for (const fd of tapFds) closeFd(fd);
+    }
+  }
+
+  async #spawnWith(
+    spec: VmSpec,
+    options: { signal?: AbortSignal },
+    how: { incoming: boolean; paused: boolean; tapFds: number[] },
+  ): Promise<StartedVm> {
+    const { incoming, paused, tapFds } = how;
+    const cmd = buildQemuCommand(spec, { incoming, paused, tapFds });
     const bin = (await which(this.#binary)) ?? this.#binary;
     // QEMU creates the QMP socket during startup; failing before that means a
     // bad command line or an unopenable file, which qemu.log explains.
@@ -182,6 +206,7 @@ export class QemuAdapter implements VmmAdapter {
       runAs: spec.runAs,
       runtimeFiles: cmd.runtimeFiles,
       devices: cmd.devices,
+      inheritFds: tapFds,
       signal: options.signal,
     });
   }

@@ -32,6 +32,9 @@ export interface QemuCommand {
 
 export const QMP_SOCKET_NAME = "qmp.sock";
 
+/** The fw_cfg file that carries the guest identity document. */
+export const IDENTITY_FW_CFG = "opt/ovms/identity";
+
 export const SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /** The guest RAM file of a VM booted cold (spec section 8.2): snapshots read it back. */
@@ -49,7 +52,12 @@ export function ivshmemPath(instanceId: string, deviceName: string): string {
 
 export function buildQemuCommand(
   spec: VmSpec,
-  options: { incoming?: boolean; paused?: boolean } = {},
+  options: {
+    incoming?: boolean;
+    paused?: boolean;
+    /** Bridge mode: the inherited TAP queue of each NIC (else QEMU opens the TAP by name). */
+    tapFds?: number[];
+  } = {},
 ): QemuCommand {
   const passFiles: PassedFile[] = [];
   const fd = (path: string, mode: PassedFile["mode"]): string => {
@@ -210,7 +218,23 @@ export function buildQemuCommand(
       `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-:${p.guestPort}`
     ).join("");
     args.push("-netdev", `user,id=net0${fwd}`, "-device", "virtio-net-pci,netdev=net0,id=nic0");
+  } else if (spec.network.mode === "bridge") {
+    // ovm opened each TAP's queue and QEMU inherits it: QEMU needs neither
+    // /dev/net/tun nor privileges, and runs no helper script.
+    (spec.network.nics ?? []).forEach((nic, i) => {
+      const fd = options.tapFds?.[i];
+      args.push(
+        "-netdev",
+        fd !== undefined
+          ? `tap,id=net${i},fd=${fd}`
+          : `tap,id=net${i},ifname=${nic.tap},script=no,downscript=no`,
+        "-device",
+        `virtio-net-pci,netdev=net${i},id=nic${i},mac=${nic.mac}`,
+      );
+    });
   }
+  // The guest identity (spec section 7.6.6), read by ovms-init through qemu_fw_cfg.
+  if (spec.identity) args.push("-fw_cfg", `name=${IDENTITY_FW_CFG},string=${spec.identity}`);
   if (mem.create) runtimeFiles.push(mem.path);
   if (options.incoming) args.push("-incoming", "defer");
   // -S: the vCPUs stay stopped after an incoming migration until `cont`.
