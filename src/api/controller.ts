@@ -19,6 +19,8 @@ import {
   isExportDir,
   listInstances,
   newInstanceId,
+  parseNetFlag,
+  parsePublish,
   removeInstance,
   resumeInstance,
   snapshotInstance,
@@ -56,6 +58,10 @@ export type Action =
     runtime?: string;
     accel?: "auto" | "kvm" | "tcg";
     name?: string;
+    /** `none`, `user` or `bridge[=NETWORK]` (default: the server's `net`). */
+    net?: string;
+    /** `-p` specs: `[HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]`. */
+    publish?: string[];
     /** Answer once the guest printed its first console output (`POST /start?wait=true`). */
     wait?: boolean;
   }
@@ -87,6 +93,8 @@ export interface ControllerOptions {
    * pool holds takes a prepared QEMU instead of restoring from scratch.
    */
   pool?: WarmPool;
+  /** The network of starts that name none (`ovm serve --net`): `none`, `user`, `bridge[=NETWORK]`. */
+  net?: string;
 }
 
 export class Controller {
@@ -228,6 +236,13 @@ export class Controller {
         hint: `available: ${adapterNames().join(", ")}`,
       });
     }
+    // Checked before anything is claimed: a bad -p or --net is a 400 naming it.
+    const publish = (a.publish ?? []).map(parsePublish);
+    const netFlag = a.net ?? this.#options.net;
+    const parsed = netFlag !== undefined || publish.length
+      ? parseNetFlag(netFlag, publish)
+      : undefined;
+    const net = parsed ? { net: parsed.mode, network: parsed.network, publish } : {};
     const requestedAt = Date.now();
     const claim: StartClaim = {
       schemaVersion: 1,
@@ -271,6 +286,7 @@ export class Controller {
           cpus: a.cpus,
           runtime: a.runtime,
           accel: a.accel,
+          ...net,
           bootTimeoutMs: this.#options.bootTimeoutMs,
           note: this.#options.note,
           pool: this.#options.pool,

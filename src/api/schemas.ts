@@ -38,6 +38,10 @@ export const StartRequestSchema = z.strictObject({
     runtime: z.string().min(1).max(64).optional(),
     accel: z.enum(["auto", "kvm", "tcg"]).optional(),
     name: InstanceIdSchema.optional(),
+    net: z.string().regex(/^(none|user|bridge(=[a-z0-9][a-z0-9_.-]{0,31})?)$/).optional()
+      .describe("none, user, or bridge[=NETWORK] (default: the server's --net, else user)"),
+    publish: z.array(z.string().min(1).max(64)).max(64).optional()
+      .describe("ports to publish, as `ovm run -p`: [HOSTIP:]HOSTPORT:GUESTPORT[/tcp|udp]"),
   }).optional(),
 });
 
@@ -165,6 +169,15 @@ export const StatusResultSchema = InstanceSummaryResultSchema.extend({
     name: z.string(),
     size: z.number().int().min(0),
   })),
+  network: z.object({
+    mode: z.enum(["none", "user", "bridge"]),
+    network: z.string().optional().describe("bridge mode: the network's name"),
+    addresses: z.array(z.object({
+      network: z.string(),
+      address: z.string(),
+      mac: z.string(),
+    })).describe("bridge mode: the guest's address on its network, per NIC"),
+  }).optional(),
   metrics: MetricsSchema,
 });
 

@@ -225,6 +225,8 @@ export async function parseAction(req: Request): Promise<Action> {
         runtime: o.runtime,
         accel: o.accel,
         name: o.name,
+        ...(o.net !== undefined ? { net: o.net } : {}),
+        ...(o.publish ? { publish: o.publish } : {}),
         wait: flag(url, "wait"),
       };
     }

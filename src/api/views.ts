@@ -77,6 +77,11 @@ export async function statusOf(s: Known, dir: string): Promise<StatusResponse> {
     memory_bytes: s.memoryBytes,
     cpus: s.cpus,
     devices: s.devices.map((d) => ({ type: d.type, name: d.name, size: d.size })),
+    network: {
+      mode: s.network.mode,
+      ...(s.network.network ? { network: s.network.network } : {}),
+      addresses: s.network.addresses ?? [],
+    },
     metrics: {
       cpu_time_ms: live ? await cpuTimeMs(s.pid!) : null,
       rss_bytes: mem.rss,

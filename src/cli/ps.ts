@@ -41,13 +41,14 @@ export const psCommand: Command = {
     const shown = bool(input, "all") ? all : all.filter(isActive);
     ctx.out.result(shown);
     ctx.out.table(
-      ["ID", "ARTIFACT", "STATE", "PID", "CREATED", "PORTS", "REASON"],
+      ["ID", "ARTIFACT", "STATE", "PID", "CREATED", "ADDRESSES", "PORTS", "REASON"],
       shown.map((s) => [
         s.id,
         `${s.name}:${s.version}`,
         s.state + (s.exitCode !== undefined ? ` (${s.exitCode})` : ""),
         isActive(s) && s.pid ? String(s.pid) : "-",
         s.createdAt.replace(/\.\d+Z$/, "Z"),
+        (s.network.addresses ?? []).map((a) => a.address).join(",") || "-",
         s.network.publish.map((p) => `${p.hostIp}:${p.hostPort}->${p.guestPort}/${p.protocol}`)
           .join(",") || "-",
         s.reason ?? "",

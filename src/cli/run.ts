@@ -12,7 +12,7 @@ import {
   importExportDir,
   instancePaths,
   isExportDir,
-  parseNetMode,
+  parseNetFlag,
   parsePublish,
   startInstance,
   stopInstance,
@@ -77,7 +77,12 @@ export const runCommand: Command = {
     },
     detach: { type: "boolean", short: "d", help: "Run in the background and print the id" },
     name: { type: "string", valueName: "ID", help: "Instance id ([a-z0-9-], up to 64)" },
-    net: { type: "string", valueName: "MODE", help: "user (default) or none" },
+    net: {
+      type: "string",
+      valueName: "MODE",
+      help: "user (default: QEMU user-mode NAT), bridge[=NETWORK] (a TAP on an ovm bridge, " +
+        "its own address; root) or none",
+    },
     publish: {
       type: "string",
       short: "p",
@@ -122,7 +127,7 @@ export const runCommand: Command = {
   async run(ctx, input) {
     const [target, ...cmd] = input.args;
     const publish = strs(input, "publish").map(parsePublish);
-    const net = parseNetMode(str(input, "net"), publish);
+    const { mode: net, network } = parseNetFlag(str(input, "net"), publish);
     const memoryBytes = parseSize(str(input, "memory") ?? "512M", "--memory");
     if (memoryBytes < 64 * 1024 * 1024) {
       throw new ValidationError(`--memory "${str(input, "memory")}" is below 64M`);
@@ -191,6 +196,7 @@ export const runCommand: Command = {
       detach,
       name,
       net: given("net") ? net : undefined,
+      network,
       publish,
       cmd: cmd.length ? cmd : undefined,
       entrypoint: str(input, "entrypoint") === undefined

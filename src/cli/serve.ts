@@ -7,7 +7,7 @@
  */
 import { ValidationError } from "../errors.ts";
 import { Controller, createHandler, defaultSocketPath, listen } from "../api/mod.ts";
-import { isActive, listInstances, stopInstance } from "../runtime/mod.ts";
+import { isActive, listInstances, parseNetFlag, stopInstance } from "../runtime/mod.ts";
 import { WarmPool } from "../runtime/mod.ts";
 import { bool, type Command, str, strs } from "./command.ts";
 
@@ -49,6 +49,11 @@ export const serveCommand: Command = {
       help: "VMs kept ready per --warm-snapshot",
       default: "1",
     },
+    net: {
+      type: "string",
+      valueName: "MODE",
+      help: "Network of starts whose overrides name none: user (default), bridge[=NETWORK] or none",
+    },
     verbose: { type: "boolean", short: "v", help: "Log every request on stderr" },
   },
   examples: ["ovm serve", "ovm serve --socket /tmp/ovm.sock --stop-instances-on-exit"],
@@ -70,8 +75,11 @@ export const serveCommand: Command = {
     const store = await ctx.store();
     const pool = warm.length && size > 0 ? new WarmPool(ctx.home, { size }) : undefined;
     const running = (await listInstances(ctx.home)).filter(isActive);
+    const net = str(input, "net");
+    if (net !== undefined) parseNetFlag(net, []);
     const controller = new Controller(store, {
       policyFile: str(input, "policy"),
+      net,
       bootTimeoutMs: bootS * 1000,
       note: (m) => ctx.out.warn(m),
       pool,

@@ -96,6 +96,9 @@ export const RuntimeHintsSchema = z.strictObject({
     [],
   ),
   coldStartTargetMs: z.number().int().nonnegative().optional(),
+  network: z.enum(["none", "user", "bridge"]).optional().meta({
+    description: "The network mode a run uses when it names none (spec 7.6); bridge needs root.",
+  }),
 });
 
 export const ManifestSchema = z.strictObject({

@@ -17,6 +17,7 @@ export {
   inspectNetwork,
   instanceAddresses,
   instanceExists,
+  joinNetwork,
   listNetworks,
   type NetworkInfo,
   pruneNetworks,

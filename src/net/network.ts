@@ -414,6 +414,12 @@ export interface AttachOptions {
   publish?: PortMapping[];
   /** NIC index. Default 0. */
   nic?: number;
+  /**
+   * Leave the TAP off the bridge until {@linkcode joinNetwork}: a restored
+   * clone speaks with the snapshot's MAC and address until its guest takes
+   * its own, and must not teach the bridge that the source's MAC lives on it.
+   */
+  standby?: boolean;
 }
 
 /** What a guest NIC on a bridge network is: the host's TAP and the guest's identity. */
@@ -498,6 +504,7 @@ async function createLeaseObjects(
   rec: NetworkRecord,
   lease: Lease,
   runAs?: { uid: number; gid: number },
+  standby = false,
 ): Promise<void> {
   const links = await listLinks();
   const existing = links.find((l) => l.name === lease.tap);
@@ -511,8 +518,7 @@ async function createLeaseObjects(
   const lines = existing ? [] : [`tuntap add dev ${lease.tap} mode tap${owner}`];
   lines.push(
     `link set dev ${lease.tap} alias ${tag}`,
-    `link set dev ${lease.tap} master ${rec.bridge}`,
-    ...(rec.isolate ? [`link set dev ${lease.tap} type bridge_slave isolated on`] : []),
+    ...(standby ? [`link set dev ${lease.tap} nomaster`] : joinLines(rec, lease.tap)),
     `link set dev ${lease.tap} up`,
   );
   await ipBatch(lines);
@@ -579,7 +585,7 @@ export async function attachInstance(
     await save();
     failpoint("after-lease");
     try {
-      await createLeaseObjects(home, rec, lease, options.runAs);
+      await createLeaseObjects(home, rec, lease, options.runAs, options.standby);
     } catch (e) {
       await removeLeaseObjects(home, lease).catch(() => {});
       if (fresh) state.leases = state.leases.filter((l) => l !== lease);
@@ -588,6 +594,23 @@ export async function attachInstance(
     }
     return attachmentOf(rec, lease, dns);
   });
+}
+
+function joinLines(rec: NetworkRecord, tap: string): string[] {
+  return [
+    `link set dev ${tap} master ${rec.bridge}`,
+    ...(rec.isolate ? [`link set dev ${tap} type bridge_slave isolated on`] : []),
+  ];
+}
+
+/** Puts the TAPs of an instance attached with `standby` on their bridges. */
+export async function joinNetwork(home: string, instance: string): Promise<void> {
+  const state = await peekState(home);
+  const lines = state.leases.filter((l) => l.instance === instance).flatMap((l) => {
+    const rec = state.networks.find((n) => n.name === l.network);
+    return rec ? joinLines(rec, l.tap) : [];
+  });
+  await ipBatch(lines);
 }
 
 /**

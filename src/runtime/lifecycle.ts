@@ -17,6 +17,7 @@ import { consoleExitCode, guestPoweredOff } from "./console.ts";
 import { assertInstanceId, type InstanceState, InstanceStore, isActive } from "./instance.ts";
 import { assertAllowed, canTransition } from "./state_machine.ts";
 import type { MachineSpec } from "./vm_spec.ts";
+import { releaseInstanceNetwork } from "./net.ts";
 
 /** Writes `next` over `prev`, refusing a transition the state machine does not have. */
 export async function recordTransition(
@@ -190,6 +191,8 @@ export async function observeInstance(home: string, state: InstanceState): Promi
     return live === state.state ? state : { ...state, state: live };
   }
   await adapter.stop(state.vm).catch(() => {});
+  // The VM is gone: so are its TAPs and published ports (its address stays until rm).
+  await releaseInstanceNetwork(home, state.id).catch(() => {});
   return await endedState(home, state);
 }
 
@@ -223,6 +226,7 @@ export async function waitInstance(
   const current = await instances.read(started.state.id).catch(() => started.state);
   if (!isActive(current)) return current;
   if (current.vm) await getAdapter(current.adapter).stop(current.vm).catch(() => {});
+  await releaseInstanceNetwork(home, current.id).catch(() => {});
   return await recordTransition(instances, current, await endedState(home, current, exit));
 }
 
@@ -245,6 +249,7 @@ export async function stopInstance(
     timeoutMs: options.timeoutMs,
     force: options.force,
   });
+  await releaseInstanceNetwork(home, id).catch(() => {});
   const cur = await instances.read(id);
   if (!isActive(cur)) return cur;
   const exitCode = await consoleExitCode(instances.paths(id).consoleLog);
@@ -275,5 +280,6 @@ export async function removeInstance(
     if (!options.force) assertAllowed(id, state.state, "remove");
     await stopInstance(home, id, { timeoutMs: 3000, reason: "removed by 'ovm rm -f'" });
   }
+  await releaseInstanceNetwork(home, id, { release: true });
   await new InstanceStore(home).remove(id);
 }

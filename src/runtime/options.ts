@@ -78,6 +78,8 @@ export interface StartOptions {
   detach?: boolean;
   name?: string;
   net?: NetMode;
+  /** Bridge mode: the network to join (default `ovm0`, created on first use). */
+  network?: string;
   publish?: PortMapping[];
   /** Replaces the bootstrap config's `cmd` (like `docker run IMAGE CMD...`). */
   cmd?: string[];

@@ -28,8 +28,14 @@ import {
   type StartOptions,
   stepTimer,
 } from "./options.ts";
-import { readRestoreRecord, type RestoreRecord } from "./restore_record.ts";
+import { hasRestoreRecord, readRestoreRecord, type RestoreRecord } from "./restore_record.ts";
 import { exists } from "../util/fs.ts";
+import {
+  type InstanceNetwork,
+  joinWhenIdentified,
+  releaseInstanceNetwork,
+  setupInstanceNetwork,
+} from "./net.ts";
 import { ensureTemplate, type SnapshotTemplate } from "./template_cache.ts";
 import { type HostFiles, hostFiles, restoreSpec, snapshotGid, vmmUser } from "./vm_spec.ts";
 
@@ -143,6 +149,8 @@ export interface RestoreInput {
   paused?: boolean;
   /** The console log starts with this file's content (a resumed instance's goes on). */
   consoleFrom?: string;
+  /** The clone's own network (bridge mode: its TAP and lease); default: the record's mode. */
+  network?: InstanceNetwork;
 }
 
 /**
@@ -166,7 +174,8 @@ export async function prepareRestore(
     files: input.files,
     paths: input.paths,
     machine: record,
-    network: { mode: record.network, publish: input.publish ?? [] },
+    network: input.network?.spec ?? { mode: record.network, publish: input.publish ?? [] },
+    guestNics: input.network?.nics,
     // The snapshot's group may open its memory template; each VM keeps its own uid.
     runAs: user
       ? { uid: user.uid, gid: snapshotGid(artifact.manifest.ramSnapshot!.ref) }
@@ -211,9 +220,13 @@ async function takeWarm(
   options: StartOptions,
 ): Promise<PreparedRestore | undefined> {
   const pool = options.pool;
-  // Devices and published ports are per instance: such starts never come from the pool.
+  // Devices, published ports and bridge NICs are per instance: such starts never come
+  // from the pool.
   if (
-    !pool || artifact.manifest.devices.length || options.publish?.length || options.consoleFrom
+    !pool || artifact.manifest.devices.length || options.publish?.length || options.consoleFrom ||
+    options.net === "bridge" ||
+    (hasRestoreRecord(artifact.manifest) &&
+      readRestoreRecord(artifact.manifest).network === "bridge")
   ) return undefined;
   const warm = pool.take(artifact.descriptor.digest);
   if (!warm) return undefined;
@@ -249,7 +262,7 @@ export async function restoreInstance(
   const instances = new InstanceStore(store.paths.home);
   const id = options.name ? assertInstanceId(options.name) : warm?.id ?? newInstanceId();
   const publish = options.publish ?? [];
-  const state = startingState({
+  let state = startingState({
     id,
     ref,
     artifact,
@@ -285,6 +298,26 @@ export async function restoreInstance(
       await (warm.loaded ? warm.prepared.resume() : warm.prepared.load());
       step(warm.loaded ? "cont the preloaded VM" : "load device state until the guest runs");
     } else {
+      let network: InstanceNetwork | undefined;
+      let standby = false;
+      if (record.network === "bridge") {
+        // Only a guest that is told its identity can be waited for.
+        standby = (await restoringAdapter(record)).capabilities.guestIdentity === true;
+        // A clone: its own lease and TAP, pushed into the guest by the identity document.
+        const user = vmmUser(store.paths.home, id);
+        network = await setupInstanceNetwork(store.paths.home, id, {
+          mode: "bridge",
+          network: options.network,
+          publish,
+          standby,
+          runAs: user
+            ? { uid: user.uid, gid: snapshotGid(artifact.manifest.ramSnapshot!.ref) }
+            : undefined,
+        });
+        state = { ...state, network: network.record };
+        await instances.write(state);
+        step("network: address, TAP, published ports");
+      }
       const template = await ensureTemplate(store, artifact, record, { signal: options.signal });
       step("decode or find the memory template");
       ({ adapter, prepared } = await prepareRestore(store, {
@@ -298,11 +331,25 @@ export async function restoreInstance(
         detach: options.detach,
         signal: options.signal,
         consoleFrom: options.consoleFrom,
+        network,
       }));
       vm = prepared.vm;
       step("spawn the VMM for the restore");
       await prepared.load();
       step("load device state until the guest runs");
+      if (standby) {
+        const confirmed = await joinWhenIdentified(store.paths.home, id, {
+          consoleLog: paths.consoleLog,
+          signal: options.signal,
+        });
+        if (!confirmed) {
+          options.note?.(
+            "the restored guest did not confirm its new identity (OVMS-IDENTITY) in 15 s: " +
+              "it may still use the snapshot's address",
+          );
+        }
+        step("guest took its identity; TAP on the bridge");
+      }
     }
     const running = await recordRunning(instances, state, vm.handle, {
       bootMs: Date.now() - (options.requestedAt ?? Date.now()),
@@ -313,6 +360,7 @@ export async function restoreInstance(
     return { state: running, vm, adapter: adapter! };
   } catch (e) {
     if (vm && adapter) await adapter.stop(vm.handle, { force: true }).catch(() => {});
+    await releaseInstanceNetwork(store.paths.home, id, { release: true }).catch(() => {});
     await instances.remove(id).catch(() => {});
     throw e;
   } finally {

@@ -24,6 +24,8 @@ import { assertInstanceId, type InstanceState, InstanceStore, newInstanceId } fr
 import { claimInstance, recordRunning, recordTransition, startingState } from "./lifecycle.ts";
 import { DEFAULT_MEMORY, type StartedInstance, type StartOptions, stepTimer } from "./options.ts";
 import { restoreInstance } from "./restore.ts";
+import { releaseInstanceNetwork, setupInstanceNetwork } from "./net.ts";
+import type { GuestNicIdentity } from "../system/mod.ts";
 import { selectAdapter } from "./select.ts";
 import { bootSpec, type HostFiles, hostFiles, type MachineSpec, vmmUser } from "./vm_spec.ts";
 
@@ -141,7 +143,14 @@ async function claimBoot(
     cpus: options.cpus ?? 1,
     accel: accel.accel,
   };
-  const network: NetworkSpec = { mode: options.net ?? "user", publish: options.publish ?? [] };
+  // The manifest's hint applies when the run names no mode (spec 7.6).
+  const mode = options.net ?? m.runtimeHints?.network ?? "user";
+  if (mode === "none" && options.publish?.length) {
+    throw new ValidationError("-p needs a network: the artifact asks for none (runtimeHints)", {
+      hint: "pass --net user or --net bridge",
+    });
+  }
+  const network: NetworkSpec = { mode, publish: options.publish ?? [] };
   const state = startingState({
     id,
     ref,
@@ -170,17 +179,35 @@ async function launch(
   const { options, step } = ctx;
   const { adapter, instances } = c;
   const id = c.state.id;
+  const home = store.paths.home;
+  const runAs = vmmUser(home, id);
   let started: StartedVm | undefined;
   try {
     await Deno.mkdir(instances.paths(id).vmDir, { mode: 0o700 });
+    let network = c.network;
+    let guestNics: GuestNicIdentity[] = [];
+    if (network.mode === "bridge") {
+      // The address is leased (durably) before the TAP exists; both are rolled back below.
+      const net = await setupInstanceNetwork(home, id, {
+        mode: network.mode,
+        network: options.network,
+        publish: network.publish,
+        runAs,
+      });
+      ({ spec: network, nics: guestNics } = net);
+      c.state = { ...c.state, network: net.record };
+      await instances.write(c.state);
+      step("network: address, TAP, published ports");
+    }
     const spec = await bootSpec(store, {
       id,
       artifact: c.artifact,
       files: c.files,
       paths: instances.paths(id),
       machine: c.machine,
-      network: c.network,
-      runAs: vmmUser(store.paths.home, id),
+      network,
+      guestNics,
+      runAs,
       detach: options.detach ?? false,
       overrides: { cmd: options.cmd, entrypoint: options.entrypoint, env: options.env },
     });
@@ -196,6 +223,7 @@ async function launch(
   } catch (e) {
     if (started) await adapter.stop(started.handle, { force: true }).catch(() => {});
     // Nothing ran (or it was stopped at once): leave no instance behind.
+    await releaseInstanceNetwork(home, id, { release: true }).catch(() => {});
     await instances.remove(id).catch(() => {});
     throw e;
   }
@@ -212,6 +240,7 @@ async function watchBoot(c: Claimed, started: StartedInstance, options: StartOpt
   });
   if (boot === "output") return;
   await adapter.stop(started.vm.handle, { force: true }).catch(() => {});
+  await releaseInstanceNetwork(instances.home, started.state.id).catch(() => {});
   const tail = await tailLines(paths.consoleLog, 20);
   const vmmTail = adapter.logName ? await tailLines(join(paths.vmDir, adapter.logName), 10) : "";
   const reason = boot === "exited"

@@ -18,7 +18,13 @@ import {
 } from "../manifest/mod.ts";
 import type { Artifact, ContentStore } from "../store/mod.ts";
 import { applyOverrides } from "../convert/bootstrap.ts";
-import { buildConfigDisk, imageDir, listSystem } from "../system/mod.ts";
+import {
+  buildConfigDisk,
+  type GuestNicIdentity,
+  identityDocument,
+  imageDir,
+  listSystem,
+} from "../system/mod.ts";
 import type { Accel, DiskLayerFile, NetworkSpec, VmSpec } from "../vmm/mod.ts";
 import { assembleChain, readKernelVersion } from "./chain.ts";
 import type { VmPaths } from "./instance.ts";
@@ -144,6 +150,8 @@ export interface SpecInput {
   paths: VmPaths;
   machine: MachineSpec;
   network: NetworkSpec;
+  /** Bridge mode: the guest's side of each NIC (address, gateway, DNS, MAC). */
+  guestNics?: GuestNicIdentity[];
   runAs?: { uid: number; gid: number };
   detach: boolean;
 }
@@ -155,11 +163,18 @@ export interface ConfigOverrides {
   env?: string[];
 }
 
-/** The `ovms.net=` parameter ovms-init configures the guest's network from. */
-export function guestNetArg(network: NetworkSpec): string {
-  return `ovms.net=${
-    network.mode === "user" ? `${USER_NET.address},${USER_NET.gateway},${USER_NET.dns}` : "none"
-  }`;
+/** The `ovms.net=` parameter ovms-init configures the guest's network from (spec 6.4, 7.6.5). */
+export function guestNetArg(network: NetworkSpec, guestNics: GuestNicIdentity[] = []): string {
+  if (network.mode === "user") {
+    return `ovms.net=${USER_NET.address},${USER_NET.gateway},${USER_NET.dns}`;
+  }
+  const nic = guestNics[0];
+  if (network.mode === "bridge" && nic) {
+    return `ovms.net=${
+      [nic.address, nic.gateway ?? "", nic.dns ?? ""].join(",").replace(/,+$/, "")
+    }`;
+  }
+  return "ovms.net=none";
 }
 
 /**
@@ -190,7 +205,7 @@ export async function bootSpec(
     // Virtio disks appear in command-line order: the root chain is vda.
     args.push(`ovms.config=/dev/vd${files.chain.length ? "b" : "a"}`);
   }
-  args.push(guestNetArg(input.network));
+  args.push(guestNetArg(input.network, input.guestNics));
   return vmSpec(input, { cmdline: args.filter(Boolean).join(" "), extraDisks });
 }
 
@@ -224,6 +239,7 @@ function vmSpec(
   extra: Pick<VmSpec, "cmdline" | "extraDisks" | "memory">,
 ): VmSpec {
   const { files, paths } = input;
+  const vmgenid = crypto.randomUUID();
   return {
     id: input.id,
     kernel: files.kernel.path,
@@ -241,6 +257,13 @@ function vmSpec(
     runAs: input.runAs,
     detach: input.detach,
     ...(extra.memory ? { memory: extra.memory } : {}),
-    vmgenid: crypto.randomUUID(),
+    vmgenid,
+    // Who this VM is (spec 7.6.6): a restored clone's guest sees the generation
+    // change and takes this hostname, its own NIC addresses and a fresh RNG seed.
+    identity: identityDocument({
+      generation: vmgenid,
+      hostname: input.id,
+      nics: input.guestNics ?? [],
+    }),
   };
 }

@@ -59,6 +59,11 @@ export interface AdapterCapabilities {
   network: NetMode[];
   /** Whether `pause`/`resume` work. */
   pause: boolean;
+  /**
+   * Whether the guest gets `VmSpec.identity` (QEMU: fw_cfg), so a restored
+   * clone takes its own MAC and address (spec 7.6.6). Default false.
+   */
+  guestIdentity?: boolean;
 }
 
 /** One read-only layer of the root disk chain, used in place inside its blob. */

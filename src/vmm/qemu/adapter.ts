@@ -69,6 +69,7 @@ export class QemuAdapter implements VmmAdapter {
     preparedRestore: true,
     diskFormats: ["qcow2", "raw"],
     network: ["none", "user", "bridge"],
+    guestIdentity: true,
     pause: true,
   };
   readonly #binary: string;
