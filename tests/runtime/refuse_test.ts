@@ -126,7 +126,7 @@ Deno.test("run rejects bad flags with exit code 2", async () => {
       const [args, msg] of [
         [["-p", "80"], /Invalid -p "80"/],
         [["-p", "70000:80"], /Invalid -p/],
-        [["--net", "bridge"], /Invalid --net "bridge"/],
+        [["--net", "tap"], /Invalid --net "tap"/],
         [["--net", "none", "-p", "8080:80"], /cannot be used with --net none/],
         [["--accel", "hvf"], /Invalid --accel "hvf"/],
         [["--cpus", "0"], /Invalid --cpus "0"/],
