@@ -20,6 +20,9 @@ import { ovmIn, waitFor } from "../tests/_helpers/runtime.ts";
 import { dropTemplates, lastCount, packCounter } from "../tests/_helpers/snapshot.ts";
 import { ContentStore } from "../src/store/mod.ts";
 
+// Unique: guest RAM files in /dev/shm are named by instance id, across homes.
+const SRC = `shim-src-${crypto.randomUUID().slice(0, 8)}`;
+
 const { values } = parseArgs({ args: Deno.args, options: { runs: { type: "string" } } });
 const runs = Number(values.runs ?? "5");
 
@@ -65,15 +68,15 @@ await using c = await TestContainerd.start();
 const store = await ContentStore.open(c.home);
 try {
   const ref = await packCounter(store);
-  const run = await ovmIn(c.home, "run", "-d", "--name", "src", "--memory", "256M", ref);
+  const run = await ovmIn(c.home, "run", "-d", "--name", SRC, "--memory", "256M", ref);
   if (run.code !== 0) throw new Error(`ovm run: ${run.stderr}`);
-  await waitFor(async () => ((await lastCount(c.home, "src")) ?? 0) > 3 || undefined, {
+  await waitFor(async () => ((await lastCount(c.home, SRC)) ?? 0) > 3 || undefined, {
     timeoutMs: 120_000,
     what: "the counting guest",
   });
-  const snap = await ovmIn(c.home, "snapshot", "src", "-t", "bench/counter:warm");
+  const snap = await ovmIn(c.home, "snapshot", SRC, "-t", "bench/counter:warm");
   if (snap.code !== 0) throw new Error(snap.stderr);
-  await ovmIn(c.home, "rm", "-f", "src");
+  await ovmIn(c.home, "rm", "-f", SRC);
 
   const results: Record<string, { first: number[]; exit: number[] }> = {};
   const add = (k: string, r: { first: number; exit: number }) => {

@@ -23,21 +23,25 @@ export function stateDirOf(bundle: string): string {
   return basename(taskDir) === TASK_DIR ? dirname(taskDir) : "/run/containerd";
 }
 
-function key(namespace: string, id: string): string {
-  return sha256Hex(`${namespace}/${id}`);
+/** Unique per containerd (its state dir), namespace and id: ids repeat across containerds. */
+function key(bundle: string, namespace: string, id: string): string {
+  return sha256Hex(`${stateDirOf(bundle)}\0${namespace}/${id}`);
 }
 
 /** The shim's ttrpc socket: `<state>/s/<hash>` (short enough for sun_path). */
 export function shimSocketPath(bundle: string, namespace: string, id: string): string {
-  return join(stateDirOf(bundle), "s", key(namespace, id).slice(0, 32));
+  return join(stateDirOf(bundle), "s", key(bundle, namespace, id).slice(0, 32));
 }
 
-/** The ovm instance (and VM) of a task. */
-export function taskInstanceId(namespace: string, id: string): string {
-  return `ctd-${key(namespace, id).slice(0, 20)}`;
+/**
+ * The ovm instance (and VM) of a task. Guest RAM files in /dev/shm are named
+ * by instance id on the whole host, so the id folds in which containerd it is.
+ */
+export function taskInstanceId(bundle: string, namespace: string, id: string): string {
+  return `ctd-${key(bundle, namespace, id).slice(0, 20)}`;
 }
 
 /** The local ref of the artifact the shim builds from a task's root filesystem. */
-export function taskArtifactRef(namespace: string, id: string): string {
-  return `ovm-shim/${taskInstanceId(namespace, id)}:task`;
+export function taskArtifactRef(bundle: string, namespace: string, id: string): string {
+  return `ovm-shim/${taskInstanceId(bundle, namespace, id)}:task`;
 }

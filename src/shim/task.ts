@@ -176,8 +176,8 @@ export class VmTask {
     this.namespace = input.namespace;
     this.bundle = input.bundle;
     this.io = input.io;
-    this.instanceId = taskInstanceId(input.namespace, input.id);
-    this.ref = taskArtifactRef(input.namespace, input.id);
+    this.instanceId = taskInstanceId(input.bundle, input.namespace, input.id);
+    this.ref = taskArtifactRef(input.bundle, input.namespace, input.id);
     this.exited = new Promise((r) => (this.#resolveExit = r));
   }
 
@@ -380,7 +380,7 @@ export async function cleanupTask(
   bundle: string,
 ): Promise<{ exitCode?: number }> {
   const home = store.paths.home;
-  const instanceId = taskInstanceId(namespace, id);
+  const instanceId = taskInstanceId(bundle, namespace, id);
   let exitCode: number | undefined;
   try {
     const state = await getInstance(home, instanceId);
@@ -389,7 +389,7 @@ export async function cleanupTask(
   } catch (e) {
     if (!(e instanceof NotFoundError)) throw e;
   }
-  await store.untag(taskArtifactRef(namespace, id)).catch(() => false);
+  await store.untag(taskArtifactRef(bundle, namespace, id)).catch(() => false);
   await unmountRootfs(bundle);
   return { exitCode };
 }

@@ -12,6 +12,9 @@ import { ovmIn, waitFor } from "../_helpers/runtime.ts";
 import { dropTemplates, lastCount, packCounter } from "../_helpers/snapshot.ts";
 import { ContentStore } from "../../src/store/mod.ts";
 
+// Unique: guest RAM files in /dev/shm are named by instance id, across homes.
+const SRC = `shim-src-${crypto.randomUUID().slice(0, 8)}`;
+
 Deno.test({
   name: "an OVMS snapshot named by io.ovms.artifact is restored through the shim",
   sanitizeResources: false,
@@ -23,16 +26,16 @@ Deno.test({
     const ref = await packCounter(store);
     let snapCount = 0;
     await t.step("a counting guest is snapshotted in the shim's home", async () => {
-      const r = await ovmIn(c.home, "run", "-d", "--name", "src", "--memory", "256M", ref);
+      const r = await ovmIn(c.home, "run", "-d", "--name", SRC, "--memory", "256M", ref);
       assert.equal(r.code, 0, r.stderr);
-      await waitFor(async () => ((await lastCount(c.home, "src")) ?? 0) > 3 || undefined, {
+      await waitFor(async () => ((await lastCount(c.home, SRC)) ?? 0) > 3 || undefined, {
         timeoutMs: 120_000,
         what: "the source to count",
       });
-      const s = await ovmIn(c.home, "snapshot", "src", "-t", "test/counter:warm");
+      const s = await ovmIn(c.home, "snapshot", SRC, "-t", "test/counter:warm");
       assert.equal(s.code, 0, s.stderr);
-      snapCount = (await lastCount(c.home, "src"))!;
-      assert.equal((await ovmIn(c.home, "rm", "-f", "src")).code, 0);
+      snapCount = (await lastCount(c.home, SRC))!;
+      assert.equal((await ovmIn(c.home, "rm", "-f", SRC)).code, 0);
     });
 
     await t.step("ctr run --annotation io.ovms.artifact restores it and counts on", async () => {

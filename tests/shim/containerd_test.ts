@@ -16,9 +16,13 @@ import { pidAlive } from "../../src/process/mod.ts";
 const RT = ["--runtime", "io.containerd.ovm.v2", "--memory-limit", String(256 << 20)];
 const LOOP = 'echo started; trap "echo got term; exit 42" TERM INT; while true; do sleep 1; done';
 
+function bundleOf(c: TestContainerd, id: string): string {
+  return join(c.dir, "state", "io.containerd.runtime.v2.task", "default", id);
+}
+
 async function leftovers(c: TestContainerd, id: string): Promise<string[]> {
   const found: string[] = [];
-  const inst = join(c.home, "instances", taskInstanceId("default", id));
+  const inst = join(c.home, "instances", taskInstanceId(bundleOf(c, id), "default", id));
   if (await Deno.stat(inst).then(() => true, () => false)) found.push(inst);
   for (const d of ["state/s", `state/io.containerd.runtime.v2.task/default/${id}`]) {
     const p = join(c.dir, d);
@@ -145,7 +149,7 @@ Deno.test({
 
   await t.step("a task whose VM dies is reported exited", async () => {
     await startDetached(c, "t-die");
-    const s = await readState(c.home, taskInstanceId("default", "t-die"));
+    const s = await readState(c.home, taskInstanceId(bundleOf(c, "t-die"), "default", "t-die"));
     Deno.kill(s.pid as number, "SIGKILL");
     await waitStopped(c, "t-die");
     const d = await c.ctr("task", "delete", "t-die");
@@ -175,7 +179,10 @@ Deno.test({
 
   await t.step("a killed shim: containerd sees the task exit, the VM and files go", async () => {
     await startDetached(c, "t-shimkill");
-    const s = await readState(c.home, taskInstanceId("default", "t-shimkill"));
+    const s = await readState(
+      c.home,
+      taskInstanceId(bundleOf(c, "t-shimkill"), "default", "t-shimkill"),
+    );
     const [shim] = await c.shimPids("t-shimkill");
     Deno.kill(shim, "SIGKILL");
     // containerd runs the shim's `delete`, which kills the VM and removes the task.

@@ -54,8 +54,11 @@ Deno.test("the socket lives under containerd's state dir and the names are stabl
   assert.match(s, /^\/var\/run\/ctd\/s\/[0-9a-f]{32}$/);
   assert.equal(s, shimSocketPath(bundle, "default", "web"));
   assert.notEqual(s, shimSocketPath(bundle, "k8s.io", "web"));
-  const id = taskInstanceId("default", "Web_1.x");
+  const id = taskInstanceId(bundle, "default", "Web_1.x");
   assert.match(id, INSTANCE_ID_RE);
+  // Another containerd's task of the same name is another VM.
+  const other = "/run/other/io.containerd.runtime.v2.task/default/Web_1.x";
+  assert.notEqual(taskInstanceId(other, "default", "Web_1.x"), id);
 });
 
 const base = {
