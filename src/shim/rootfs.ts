@@ -139,7 +139,6 @@ export async function buildTaskArtifact(
           platform: { arch: "x86_64", uefi: false },
           description: "Built by the ovm containerd shim from a task's root filesystem",
         },
-        runtimeHints: { preferredRuntime: ["qemu"] },
         bootstrap: { ref: bootstrap.digest },
       }, "shim task manifest");
       const descriptor = await writeArtifact(store, manifest);

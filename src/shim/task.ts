@@ -11,10 +11,13 @@
  * grace period.
  */
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
+import { findServer, type OvmsClient } from "../api/client.ts";
 import {
   followConsole,
   getInstance,
   instancePaths,
+  type InstanceState,
+  isActive,
   removeInstance,
   type StartedInstance,
   startInstance,
@@ -167,6 +170,7 @@ export class VmTask {
   #cpus?: number;
   #artifact?: string;
   #sandbox = false;
+  #server?: OvmsClient;
   #onExit?: (t: VmTask) => void;
 
   private constructor(store: ContentStore, input: CreateInput, options: TaskOptions) {
@@ -250,25 +254,37 @@ export class VmTask {
     const err = new StdioSink(this.io.stderr);
     await out.open();
     await err.open();
-    let started: StartedInstance;
+    // An OVMS artifact starts through the node's `ovm serve` when one serves this home: its
+    // warm pool (spec §8.5) then hands over a prepared VM.
+    const server = this.#artifact ? await findServer({ env: Deno.env, home }) : undefined;
+    let wait: () => Promise<InstanceState>;
     try {
-      started = await startInstance(this.#store, this.#artifact ?? this.ref, {
-        name: this.instanceId,
-        memoryBytes: this.#memoryBytes,
-        cpus: this.#cpus,
-        // A snapshot restores with the network it recorded; a task built here has none.
-        net: this.#artifact ? undefined : "none",
-        detach: true,
-        bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
-        trace: this.#o.trace,
-      });
+      if (server) {
+        this.#server = server;
+        await server.start(this.#artifact!, { overrides: { name: this.instanceId }, wait: true });
+        const state = await getInstance(home, this.instanceId);
+        this.pid = state.pid ?? 0;
+        wait = () => pollUntilStopped(home, this.instanceId);
+      } else {
+        const started = await startInstance(this.#store, this.#artifact ?? this.ref, {
+          name: this.instanceId,
+          memoryBytes: this.#memoryBytes,
+          cpus: this.#cpus,
+          // A snapshot restores with the network it recorded; a task built here has none.
+          net: this.#artifact ? undefined : "none",
+          detach: true,
+          bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
+          trace: this.#o.trace,
+        });
+        this.#started = started;
+        this.pid = started.vm.handle.pid;
+        wait = () => waitInstance(home, started);
+      }
     } catch (e) {
       await out.close();
       await err.close();
       throw e;
     }
-    this.#started = started;
-    this.pid = started.vm.handle.pid;
     this.status = "running";
     let ended = false;
     // A task built from an image tags its workload's lines; an OVMS artifact is a whole
@@ -284,7 +300,7 @@ export class VmTask {
     (async () => {
       let code = 255;
       try {
-        const final = await waitInstance(home, started);
+        const final = await wait();
         code = final.exitCode ??
           (this.#killSignal ? 128 + this.#killSignal : final.state === "stopped" ? 0 : 255);
       } catch (e) {
@@ -326,14 +342,17 @@ export class VmTask {
     const home = this.#store.paths.home;
     const reason = `killed by containerd (${SIGNUM[signal] ?? `signal ${signal}`})`;
     // Kill returns at once, like runc; the exit arrives through Wait and the exit event.
-    stopInstance(home, this.instanceId, {
-      force: signal === 9,
-      timeoutMs: this.#o.stopTimeoutMs ?? 10_000,
-      reason,
-    }).catch((e) => this.#o.log?.(`stopping the VM failed: ${e}`));
+    const timeoutMs = this.#o.stopTimeoutMs ?? 10_000;
+    const stopping = this.#server
+      ? this.#server.stop(this.instanceId, { force: signal === 9, timeoutMs })
+      : stopInstance(home, this.instanceId, { force: signal === 9, timeoutMs, reason });
+    stopping.catch((e) => this.#o.log?.(`stopping the VM failed: ${e}`));
   }
 
   async pause(): Promise<void> {
+    if (this.#server) {
+      throw new ConflictError("A task started through 'ovm serve' cannot be paused by the shim");
+    }
     if (this.#sandbox && this.status === "running") {
       this.status = "paused";
       return;
@@ -368,6 +387,15 @@ export class VmTask {
   }
 }
 
+/** Waits for an instance another process (the node's `ovm serve`) started to end. */
+async function pollUntilStopped(home: string, id: string): Promise<InstanceState> {
+  while (true) {
+    const s = await getInstance(home, id);
+    if (!isActive(s)) return s;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /**
  * Everything a task leaves: its VM (killed if it still runs), the instance
  * directory, the artifact ref and the rootfs mount. Idempotent; the shim's
@@ -385,7 +413,15 @@ export async function cleanupTask(
   try {
     const state = await getInstance(home, instanceId);
     exitCode = state.exitCode;
-    await removeInstance(home, instanceId, { force: true });
+    // A VM the node's `ovm serve` started is removed through it (it tracks its instances).
+    const server = await findServer({ env: Deno.env, home }).catch(() => undefined);
+    if (server) {
+      using s = server;
+      await s.remove(instanceId, { force: true }).catch(() => {});
+    }
+    await removeInstance(home, instanceId, { force: true }).catch((e) => {
+      if (!(e instanceof NotFoundError)) throw e;
+    });
   } catch (e) {
     if (!(e instanceof NotFoundError)) throw e;
   }

@@ -28,6 +28,8 @@ export class TestContainerd implements AsyncDisposable {
   readonly socket: string;
   readonly config: string;
   readonly bin: string;
+  /** Where a test may run `ovm serve`; containerd (and so the shim) has it as $OVM_SOCKET. */
+  readonly ovmSocket: string;
   #proc?: Deno.ChildProcess;
 
   private constructor(dir: string) {
@@ -36,6 +38,7 @@ export class TestContainerd implements AsyncDisposable {
     this.socket = join(dir, "c.sock");
     this.config = join(dir, "config.toml");
     this.bin = join(dir, "bin");
+    this.ovmSocket = join(dir, "ovm.sock");
   }
 
   /**
@@ -110,7 +113,11 @@ export class TestContainerd implements AsyncDisposable {
     });
     this.#proc = new Deno.Command("containerd", {
       args: ["--config", this.config],
-      env: { PATH: `${this.bin}:${Deno.env.get("PATH")}`, OVM_HOME: this.home },
+      env: {
+        PATH: `${this.bin}:${Deno.env.get("PATH")}`,
+        OVM_HOME: this.home,
+        OVM_SOCKET: this.ovmSocket,
+      },
       stdin: "null",
       stdout: "null",
       stderr: "piped",

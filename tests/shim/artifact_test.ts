@@ -8,12 +8,33 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { TEST_IMAGE, TestContainerd } from "../_helpers/containerd.ts";
-import { ovmIn, waitFor } from "../_helpers/runtime.ts";
+import { isVmProcess, ovmIn, readState, waitFor } from "../_helpers/runtime.ts";
+import { taskInstanceId } from "../../src/shim/mod.ts";
 import { dropTemplates, lastCount, packCounter } from "../_helpers/snapshot.ts";
 import { ContentStore } from "../../src/store/mod.ts";
 
 // Unique: guest RAM files in /dev/shm are named by instance id, across homes.
 const SRC = `shim-src-${crypto.randomUUID().slice(0, 8)}`;
+
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+
+/** Live QEMU processes waiting in `home`'s warm pool (they hold files under `<home>/pool/`). */
+async function pooledQemus(home: string): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name) || !(await isVmProcess(Number(e.name)))) continue;
+    try {
+      for await (const fd of Deno.readDir(`/proc/${e.name}/fd`)) {
+        const target = await Deno.readLink(`/proc/${e.name}/fd/${fd.name}`).catch(() => "");
+        if (target.startsWith(join(home, "pool") + "/")) {
+          out.push(Number(e.name));
+          break;
+        }
+      }
+    } catch { /* gone */ }
+  }
+  return out;
+}
 
 Deno.test({
   name: "an OVMS snapshot named by io.ovms.artifact is restored through the shim",
@@ -69,6 +90,74 @@ Deno.test({
       await c.ctrOk("task", "delete", "t-art");
       await c.ctrOk("container", "rm", "t-art");
     });
+
+    await t.step(
+      "with the node's ovm serve and a warm pool, the task takes a pooled VM",
+      async () => {
+        const serve = new Deno.Command(Deno.execPath(), {
+          args: [
+            "run",
+            "-A",
+            MAIN,
+            "serve",
+            "--home",
+            c.home,
+            "--socket",
+            c.ovmSocket,
+            "--warm-snapshot",
+            "test/counter:warm",
+            "--warm-pool",
+            "1",
+          ],
+          stdin: "null",
+          stdout: "null",
+          stderr: "piped",
+        }).spawn();
+        let errText = "";
+        const errDone = (async () => {
+          for await (const b of serve.stderr) errText += new TextDecoder().decode(b);
+        })();
+        try {
+          await waitFor(() => /warm pool of 1 ready/.test(errText) || undefined, {
+            timeoutMs: 120_000,
+            what: "the warm pool",
+          });
+          const waiting = await pooledQemus(c.home);
+          assert.equal(waiting.length, 1, "one pooled QEMU waits");
+          const log = join(c.dir, "pool.log");
+          await c.ctrOk(
+            "run",
+            "-d",
+            "--log-uri",
+            `file://${log}`,
+            "--runtime",
+            "io.containerd.ovm.v2",
+            "--annotation",
+            "io.ovms.artifact=test/counter:warm",
+            TEST_IMAGE,
+            "t-pool",
+            "/bin/true",
+          );
+          const bundle = join(c.dir, "state/io.containerd.runtime.v2.task/default/t-pool");
+          const s = await readState(c.home, taskInstanceId(bundle, "default", "t-pool"));
+          assert.equal(s.pid, waiting[0], "the task's VM is the QEMU the pool had waiting");
+          await waitFor(
+            async () => /count \d+/.test(await Deno.readTextFile(log).catch(() => "")) || undefined,
+            { what: "the pooled guest to count" },
+          );
+          await c.ctrOk("task", "kill", "t-pool");
+          await waitFor(async () => (await c.taskStatus("t-pool")) === "STOPPED" || undefined, {
+            what: "t-pool to stop",
+          });
+          await c.ctrOk("task", "delete", "t-pool");
+          await c.ctrOk("container", "rm", "t-pool");
+        } finally {
+          serve.kill("SIGTERM");
+          await serve.status;
+          await errDone.catch(() => {});
+        }
+      },
+    );
 
     await t.step("an artifact the node does not have is a clear error", async () => {
       const r = await c.ctr(
