@@ -43,7 +43,7 @@ if have_all; then
   exit 0
 fi
 
-for cmd in apt-get dpkg-deb sha256sum; do
+for cmd in apt-get dpkg-deb sha256sum flock; do
   command -v "$cmd" >/dev/null || {
     echo "tools: '$cmd' not found; this script needs a Debian host (apt and dpkg)" >&2
     exit 1
@@ -101,6 +101,12 @@ if [[ -z "$MIRROR" ]]; then
 fi
 
 mkdir -p "$TOOLS" "$BIN"
+# Test files run in parallel and may all ask at once: one fetches, the others wait for it.
+exec 9>"$TOOLS/.lock"
+flock 9
+if have_all; then
+  exit 0
+fi
 WORK="$(mktemp -d "$TOOLS/.fetch.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/debs"

@@ -7,7 +7,7 @@
  * (convert, snapshot --push, sign) call.
  */
 import { NotFoundError, ValidationError } from "../errors.ts";
-import { type Descriptor, type Digest, parseJsonBytes } from "../manifest/mod.ts";
+import { type Descriptor, type Digest, MediaTypes, parseJsonBytes } from "../manifest/mod.ts";
 import { artifactFromDocuments, type ContentStore, loadArtifact } from "../store/mod.ts";
 import {
   copy,
@@ -252,11 +252,33 @@ export async function listReferrers(
   const subject =
     (await repo.fetchManifest(r.digest ?? r.tag ?? "latest", { signal: options.signal }))
       .descriptor;
-  const referrers = await repo.referrers(subject.digest as Digest, {
-    signal: options.signal,
-    artifactType: options.artifactType,
-  });
-  return { subject, referrers };
+  const listed = await repo.referrers(subject.digest as Digest, { signal: options.signal });
+  // cosign writes its tag-index entries with the config's media type (the OCI
+  // empty type) as artifactType; the manifest itself says what it is.
+  const referrers: Descriptor[] = [];
+  for (const d of listed) {
+    if (d.artifactType === MediaTypes.ociEmpty) {
+      try {
+        const m = await repo.fetchManifest(d.digest, { signal: options.signal });
+        const doc = parseJsonBytes(m.bytes, { source: `referrer ${d.digest}` }) as {
+          artifactType?: unknown;
+        };
+        if (typeof doc.artifactType === "string") {
+          referrers.push({ ...d, artifactType: doc.artifactType });
+          continue;
+        }
+      } catch (e) {
+        if (!(e instanceof NotFoundError)) throw e;
+      }
+    }
+    referrers.push(d);
+  }
+  return {
+    subject,
+    referrers: options.artifactType
+      ? referrers.filter((d) => d.artifactType === options.artifactType)
+      : referrers,
+  };
 }
 
 /** What {@linkcode copyReferrersBetween} does with one referrer manifest. */

@@ -153,6 +153,13 @@ for (const keyKind of ["cosign generate-key-pair", "ovm keygen --format cosign"]
         vb.json.verified.map((v: { form: string; content?: string }) => [v.form, v.content]),
         [["bundle", "dsse-envelope"]],
       );
+      // cosign's tag-index entry says the empty type; ovm referrers reports the manifest's own.
+      const refs = await ovm(home, "referrers", `${reg.host}/vms/bundle:1.0`, "--json");
+      assertExit(refs, 0);
+      assert.deepEqual(
+        JSON.parse(refs.stdout).referrers.map((r: { artifactType: string }) => r.artifactType),
+        ["application/vnd.dev.sigstore.bundle.v0.3+json"],
+      );
       const vl = await ovmVerify(home, `${prefix}.pub`, `${reg.host}/vms/legacy:1.0`);
       assertExit(vl, 0);
       assert.deepEqual(vl.json.verified.map((v: { form: string }) => v.form), ["cosign-legacy"]);
