@@ -11,6 +11,7 @@ import { QemuAdapter } from "../../src/vmm/qemu/mod.ts";
 import { CloudHypervisorAdapter } from "../../src/vmm/cloud_hypervisor/mod.ts";
 import { FirecrackerAdapter } from "../../src/vmm/firecracker/mod.ts";
 import { builtinDescriptors, CliRuntimeAdapter } from "../../src/vmm/descriptor/mod.ts";
+import { buildConfigDisk } from "../../src/system/mod.ts";
 import { demoHome } from "../_helpers/runtime.ts";
 import { adapterConformance } from "../_helpers/adapter_conformance.ts";
 import { demoSpec, fakeBin, makeSpec, readCallLog } from "../_helpers/vmm_runtimes.ts";
@@ -27,8 +28,26 @@ Deno.test({
     await using demo = await demoHome();
     await adapterConformance(t, {
       adapter: new QemuAdapter(),
-      spec: (dir, id) =>
-        demoSpec(demo.home, demo.artifact.ref, { vmDir: join(dir, "vm"), id, accel: "tcg" }),
+      // The guest runs a workload that never ends: without one, ovms-init powers the VM off
+      // ("no entrypoint or cmd") a few seconds after boot, which on a loaded host lands in the
+      // middle of the steps below.
+      spec: async (dir, id) => {
+        const spec = await demoSpec(demo.home, demo.artifact.ref, {
+          vmDir: join(dir, "vm"),
+          id,
+          accel: "tcg",
+        });
+        await Deno.mkdir(dir, { recursive: true });
+        const config = join(dir, "config.img");
+        await buildConfigDisk(config, {
+          env: [],
+          exposedPorts: [],
+          cmd: ["/bin/sh", "-c", "echo conformance guest up; while :; do sleep 1; done"],
+        });
+        spec.extraDisks.push({ path: config, readOnly: true });
+        spec.cmdline += " ovms.config=/dev/vdb";
+        return spec;
+      },
       bootTimeoutMs: 90_000,
     });
   },
@@ -72,8 +91,26 @@ Deno.test({
     const [cherrybomb] = builtinDescriptors();
     await adapterConformance(t, {
       adapter: new CliRuntimeAdapter(cherrybomb, { binary: FIXTURE }),
-      spec: (dir, id) =>
-        demoSpec(demo.home, demo.artifact.ref, { vmDir: join(dir, "vm"), id, accel: "tcg" }),
+      // The guest runs a workload that never ends: without one, ovms-init powers the VM off
+      // ("no entrypoint or cmd") a few seconds after boot, which on a loaded host lands in the
+      // middle of the steps below.
+      spec: async (dir, id) => {
+        const spec = await demoSpec(demo.home, demo.artifact.ref, {
+          vmDir: join(dir, "vm"),
+          id,
+          accel: "tcg",
+        });
+        await Deno.mkdir(dir, { recursive: true });
+        const config = join(dir, "config.img");
+        await buildConfigDisk(config, {
+          env: [],
+          exposedPorts: [],
+          cmd: ["/bin/sh", "-c", "echo conformance guest up; while :; do sleep 1; done"],
+        });
+        spec.extraDisks.push({ path: config, readOnly: true });
+        spec.cmdline += " ovms.config=/dev/vdb";
+        return spec;
+      },
       bootTimeoutMs: 90_000,
     });
   },
