@@ -195,6 +195,16 @@ function homeMarker(home: string): string {
   return sha256Hex(resolve(home)).slice(0, 16);
 }
 
+/** Whether the home a marker names still has a store; an unreadable marker counts as live. */
+async function homeExists(marker: string): Promise<boolean> {
+  const home = (await Deno.readTextFile(marker).catch(() => "")).trim();
+  if (!home) return true;
+  return await Deno.stat(join(home, "store")).then(
+    () => true,
+    (e) => !(e instanceof Deno.errors.NotFound),
+  );
+}
+
 /** Records that `home` uses the decoded template of ramsnap `digest`. */
 export async function markTemplateUser(digest: string, home: string): Promise<void> {
   const dir = join(SNAPSHOT_CACHE, digest.replace(/^sha256:/, ""), "homes");
@@ -205,7 +215,8 @@ export async function markTemplateUser(digest: string, home: string): Promise<vo
 /**
  * Drops the decoded templates (in the host-wide cache) that no ovm home uses
  * any more: for each snapshot this store no longer holds, this home's marker
- * goes; a template with no marker left is removed. Running clones keep their
+ * goes, and so does any marker whose home has no store any more (a removed
+ * scratch or test home); a template with no marker left is removed. Running clones keep their
  * private mappings of a dropped file; a later restore decodes again. Returns
  * what was (or, with `dryRun`, would be) removed and the tmpfs bytes freed.
  */
@@ -227,8 +238,15 @@ export async function pruneTemplates(
     const digest = `sha256:${e.name}`;
     if (await store.has(digest)) continue;
     const homes = join(SNAPSHOT_CACHE, e.name, "homes");
-    const users = (await Array.fromAsync(Deno.readDir(homes)).catch(() => []))
-      .map((m) => m.name);
+    const users: string[] = [];
+    for (const m of await Array.fromAsync(Deno.readDir(homes)).catch(() => [])) {
+      // A marker whose home is gone (a removed test or scratch home) holds nothing.
+      if (m.name !== mine && !(await homeExists(join(homes, m.name)))) {
+        if (!options.dryRun) await Deno.remove(join(homes, m.name)).catch(() => {});
+        continue;
+      }
+      users.push(m.name);
+    }
     if (users.some((u) => u !== mine)) {
       // Another home still uses it: only this home lets go.
       if (!options.dryRun) await Deno.remove(join(homes, mine)).catch(() => {});

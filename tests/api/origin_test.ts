@@ -20,6 +20,7 @@ import { getAdapter } from "../../src/vmm/mod.ts";
 import { buildDemoArtifact } from "../../examples/demo/build.ts";
 import { TEST_CACHE } from "../_helpers/vm.ts";
 import { killAll, waitFor } from "../_helpers/runtime.ts";
+import { dropTemplates } from "../_helpers/snapshot.ts";
 import { packDummy } from "../_helpers/registry.ts";
 import {
   CheckedClient,
@@ -311,6 +312,8 @@ Deno.test({
     } finally {
       await serve?.[Symbol.asyncDispose]();
       await killAll(home);
+      // The decoded template lives in the host-wide tmpfs cache, not in home.
+      await dropTemplates(await ContentStore.open(home)).catch(() => {});
       await Deno.remove(home, { recursive: true }).catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
