@@ -264,39 +264,47 @@ if [ -z "$FOUND" ] || [ ! -f "$FOUND" ] || [ ! -x "$FOUND" ]; then
   fail 127 "entrypoint \"$PROG\" not found or not executable in the root filesystem"
 fi
 
-# user: name[:group] or uid[:gid], resolved against the image's /etc/passwd and /etc/group.
+# user: name[:group] or uid[:gid], resolved against the image's /etc/passwd and
+# /etc/group as runc and crun resolve it for podman and docker: a name's uid,
+# primary gid and home come from its /etc/passwd line; a uid that has no line
+# runs with gid 0 and HOME=/. Sets UID_, GID_ and HOMEDIR; returns 1 with
+# RU_ERR set when a name cannot be resolved.
+resolve_user() {
+  U=${1%%:*}
+  G=
+  case "$1" in *:*) G=${1#*:} ;; esac
+  HOMEDIR=/
+  case "$U" in
+    *[!0-9]*)
+      line=$(awk -F: -v u="$U" '$1 == u { print $3 ":" $4 ":" $6; exit }' "$ROOT/etc/passwd" 2>/dev/null)
+      [ -n "$line" ] || { RU_ERR="user \"$U\" not found in the image's /etc/passwd"; return 1; }
+      UID_=${line%%:*}
+      rest=${line#*:}
+      PGID=${rest%%:*}
+      HOMEDIR=${rest#*:}
+      ;;
+    *)
+      UID_=$U
+      line=$(awk -F: -v u="$U" '$3 == u { print $4 ":" $6; exit }' "$ROOT/etc/passwd" 2>/dev/null)
+      PGID=${line%%:*}
+      [ -n "$line" ] && HOMEDIR=${line#*:}
+      [ -n "$PGID" ] || PGID=0
+      ;;
+  esac
+  case "$G" in
+    '') GID_=$PGID ;;
+    *[!0-9]*)
+      GID_=$(awk -F: -v g="$G" '$1 == g { print $3; exit }' "$ROOT/etc/group" 2>/dev/null)
+      [ -n "$GID_" ] || { RU_ERR="group \"$G\" not found in the image's /etc/group"; return 1; }
+      ;;
+    *) GID_=$G ;;
+  esac
+  [ -n "$HOMEDIR" ] || HOMEDIR=/
+  return 0
+}
 USPEC=$(cfg user)
 [ -n "$USPEC" ] || USPEC=0:0
-U=${USPEC%%:*}
-G=
-case "$USPEC" in *:*) G=${USPEC#*:} ;; esac
-HOMEDIR=/
-case "$U" in
-  *[!0-9]*)
-    line=$(awk -F: -v u="$U" '$1 == u { print $3 ":" $4 ":" $6; exit }' "$ROOT/etc/passwd" 2>/dev/null)
-    [ -n "$line" ] || fail 126 "user \"$U\" not found in the image's /etc/passwd"
-    UID_=${line%%:*}
-    rest=${line#*:}
-    PGID=${rest%%:*}
-    HOMEDIR=${rest#*:}
-    ;;
-  *)
-    UID_=$U
-    line=$(awk -F: -v u="$U" '$3 == u { print $4 ":" $6; exit }' "$ROOT/etc/passwd" 2>/dev/null)
-    PGID=${line%%:*}
-    [ -n "$line" ] && HOMEDIR=${line#*:}
-    [ -n "$PGID" ] || PGID=$U
-    ;;
-esac
-case "$G" in
-  '') GID_=$PGID ;;
-  *[!0-9]*)
-    GID_=$(awk -F: -v g="$G" '$1 == g { print $3; exit }' "$ROOT/etc/group" 2>/dev/null)
-    [ -n "$GID_" ] || fail 126 "group \"$G\" not found in the image's /etc/group"
-    ;;
-  *) GID_=$G ;;
-esac
-[ -n "$HOMEDIR" ] || HOMEDIR=/
+resolve_user "$USPEC" || fail 126 "$RU_ERR"
 
 WD=$(cfg workdir)
 [ -n "$WD" ] || WD=/
