@@ -141,13 +141,21 @@ with tarfile.open(sys.argv[1]) as t:
         for m in t.getmembers()]))
 `;
 
-/** Every layer of `repo:tag` in the registry, listed by Python's tarfile (not ovm's reader). */
-async function listLayers(regUrl: string, repo: string, tag: string, dir: string) {
+/** The manifest of `repo:tag` in the registry, OCI or Docker v2 schema 2. */
+async function fetchManifest(regUrl: string, repo: string, tag: string) {
   const res = await fetch(`${regUrl}/v2/${repo}/manifests/${tag}`, {
-    headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+    headers: {
+      accept: "application/vnd.oci.image.manifest.v1+json, " +
+        "application/vnd.docker.distribution.manifest.v2+json",
+    },
   });
   assert.equal(res.status, 200);
-  const manifest = await res.json();
+  return await res.json();
+}
+
+/** Every layer of `repo:tag` in the registry, listed by Python's tarfile (not ovm's reader). */
+async function listLayers(regUrl: string, repo: string, tag: string, dir: string) {
+  const manifest = await fetchManifest(regUrl, repo, tag);
   const layers: LayerEntry[][] = [];
   for (const l of manifest.layers) {
     const blob = await fetch(`${regUrl}/v2/${repo}/blobs/${l.digest}`);
@@ -157,6 +165,13 @@ async function listLayers(regUrl: string, repo: string, tag: string, dir: string
     await Deno.remove(file);
   }
   return { manifest, layers };
+}
+
+/** `ovm convert SRC -t TAG --json`, asserting exit 0. */
+async function convert(home: string, src: string, tag: string) {
+  const r = await ovm(home, "convert", src, "-t", tag, "--json", "--progress", "none");
+  assertExit(r, 0);
+  return JSON.parse(r.stdout);
 }
 
 /** The image under `podman run` (runc): the reference report and exit code. */
@@ -180,6 +195,9 @@ Deno.test({
     await ensureSystem(home.path, { cacheDir: TEST_CACHE });
     const ctx = join(work.path, "ctx");
     await buildContext(ctx);
+    // The conversion of the OCI gzip push, for the other formats to compare with.
+    // deno-lint-ignore no-explicit-any
+    let named: any;
 
     // podman build, then a buildah re-configuration of the same image with a numeric USER.
     await podman.podman(["build", "--network", "none", "-t", "localhost/ovm-test/report:1", ctx]);
@@ -243,18 +261,13 @@ Deno.test({
     await t.step(
       "ovm converts the USER app image, and the VM reports what podman run did",
       async () => {
-        const conv = await ovm(
+        const res = named = await convert(
           home.path,
-          "convert",
           `${reg.host}/podman/report:1`,
-          "-t",
           "podman/report:1",
-          "--json",
-          "--progress",
-          "none",
         );
-        assertExit(conv, 0);
-        const res = JSON.parse(conv.stdout);
+        assert.equal(res.image.layers, 4);
+        assert.equal(res.unpack.skippedXattrs, 0);
         assert.equal(res.bootstrap.config.user, "app");
         assert.deepEqual(res.bootstrap.config.entrypoint, ["/app/report.sh", "from-entrypoint"]);
         assert.deepEqual(res.bootstrap.config.cmd, ["from-cmd", "two words"]);
@@ -276,18 +289,8 @@ Deno.test({
     await t.step(
       "ovm converts the buildah USER 4321 image: uid 4321, gid 0, exit code 3",
       async () => {
-        const conv = await ovm(
-          home.path,
-          "convert",
-          `${reg.host}/podman/numeric:1`,
-          "-t",
-          "podman/numeric:1",
-          "--json",
-          "--progress",
-          "none",
-        );
-        assertExit(conv, 0);
-        assert.equal(JSON.parse(conv.stdout).bootstrap.config.user, "4321");
+        const res = await convert(home.path, `${reg.host}/podman/numeric:1`, "podman/numeric:1");
+        assert.equal(res.bootstrap.config.user, "4321");
         const run = await ovm(
           home.path,
           "run",
@@ -299,6 +302,41 @@ Deno.test({
         );
         assert.deepEqual(parseReport(run.stdout), NUMERIC_REPORT, consoleTail(run.stdout));
         assert.equal(run.code, 3, consoleTail(run.stdout));
+      },
+    );
+
+    await t.step(
+      "podman's docker v2s2 and zstd pushes of the image convert to the same tree and bootstrap config",
+      async () => {
+        assert.ok(named, "the OCI push was converted");
+        const pushes = [
+          ["v2s2", ["--format", "v2s2"], "application/vnd.docker.image.rootfs.diff.tar.gzip"],
+          ["zstd", ["--compression-format", "zstd"], "application/vnd.oci.image.layer.v1.tar+zstd"],
+        ] as const;
+        for (const [name, flags, layerType] of pushes) {
+          await podman.podman([
+            "push",
+            "--tls-verify=false",
+            ...flags,
+            "localhost/ovm-test/report:1",
+            `${reg.host}/podman/report-${name}:1`,
+          ]);
+          const manifest = await fetchManifest(reg.url, `podman/report-${name}`, "1");
+          assert.deepEqual([
+            ...new Set(manifest.layers.map((l: { mediaType: string }) => l.mediaType)),
+          ], [
+            layerType,
+          ]);
+          const res = await convert(
+            home.path,
+            `${reg.host}/podman/report-${name}:1`,
+            `podman/${name}:1`,
+          );
+          assert.notEqual(res.image.manifestDigest, named.image.manifestDigest);
+          // The same uncompressed layers (podman's diff ids), entry for entry.
+          assert.deepEqual(res.unpack, named.unpack);
+          assert.deepEqual(res.bootstrap.config, named.bootstrap.config);
+        }
       },
     );
   },
