@@ -196,8 +196,9 @@ Deno.test({
     const ctx = join(work.path, "ctx");
     await buildContext(ctx);
     // The conversion of the OCI gzip push, for the other formats to compare with.
-    // deno-lint-ignore no-explicit-any
-    let named: any;
+    let named:
+      | { image: { manifestDigest: string }; unpack: unknown; bootstrap: { config: unknown } }
+      | undefined;
 
     // podman build, then a buildah re-configuration of the same image with a numeric USER.
     await podman.podman(["build", "--network", "none", "-t", "localhost/ovm-test/report:1", ctx]);
@@ -308,7 +309,7 @@ Deno.test({
     await t.step(
       "podman's docker v2s2 and zstd pushes of the image convert to the same tree and bootstrap config",
       async () => {
-        assert.ok(named, "the OCI push was converted");
+        if (!named) throw new Error("the OCI push was not converted");
         const pushes = [
           ["v2s2", ["--format", "v2s2"], "application/vnd.docker.image.rootfs.diff.tar.gzip"],
           ["zstd", ["--compression-format", "zstd"], "application/vnd.oci.image.layer.v1.tar+zstd"],
