@@ -264,39 +264,58 @@ if [ -z "$FOUND" ] || [ ! -f "$FOUND" ] || [ ! -x "$FOUND" ]; then
   fail 127 "entrypoint \"$PROG\" not found or not executable in the root filesystem"
 fi
 
-# user: name[:group] or uid[:gid], resolved against the image's /etc/passwd and /etc/group.
-USPEC=$(cfg user)
-[ -n "$USPEC" ] || USPEC=0:0
-U=${USPEC%%:*}
-G=
-case "$USPEC" in *:*) G=${USPEC#*:} ;; esac
-HOMEDIR=/
-case "$U" in
-  *[!0-9]*)
-    line=$(awk -F: -v u="$U" '$1 == u { print $3 ":" $4 ":" $6; exit }' "$ROOT/etc/passwd" 2>/dev/null)
-    [ -n "$line" ] || fail 126 "user \"$U\" not found in the image's /etc/passwd"
+# user: name[:group] or uid[:gid], resolved against the image's /etc/passwd and
+# /etc/group as runc and crun resolve it for podman and docker: a name's uid,
+# primary gid and home come from its /etc/passwd line; a uid that has no line
+# runs with gid 0 and HOME=/. Without an explicit group, a user that has a
+# passwd line also gets the supplementary groups whose /etc/group member list
+# names it. Sets UID_, GID_, HOMEDIR and SUPP_USER (the passwd name whose
+# groups apply, empty when there are none); returns 1 with RU_ERR set when a
+# name cannot be resolved.
+resolve_user() {
+  U=${1%%:*}
+  G=
+  case "$1" in *:*) G=${1#*:} ;; esac
+  HOMEDIR=/
+  SUPP_USER=
+  case "$U" in
+    *[!0-9]*)
+      line=$(awk -F: -v u="$U" '$1 == u { print $3 ":" $4 ":" $6 ":" $1; exit }' "$ROOT/etc/passwd" 2>/dev/null)
+      [ -n "$line" ] || { RU_ERR="user \"$U\" not found in the image's /etc/passwd"; return 1; }
+      ;;
+    *)
+      line=$(awk -F: -v u="$U" '$3 == u { print $3 ":" $4 ":" $6 ":" $1; exit }' "$ROOT/etc/passwd" 2>/dev/null)
+      ;;
+  esac
+  if [ -n "$line" ]; then
     UID_=${line%%:*}
     rest=${line#*:}
     PGID=${rest%%:*}
-    HOMEDIR=${rest#*:}
-    ;;
-  *)
-    UID_=$U
-    line=$(awk -F: -v u="$U" '$3 == u { print $4 ":" $6; exit }' "$ROOT/etc/passwd" 2>/dev/null)
-    PGID=${line%%:*}
-    [ -n "$line" ] && HOMEDIR=${line#*:}
-    [ -n "$PGID" ] || PGID=$U
-    ;;
-esac
-case "$G" in
-  '') GID_=$PGID ;;
-  *[!0-9]*)
-    GID_=$(awk -F: -v g="$G" '$1 == g { print $3; exit }' "$ROOT/etc/group" 2>/dev/null)
-    [ -n "$GID_" ] || fail 126 "group \"$G\" not found in the image's /etc/group"
-    ;;
-  *) GID_=$G ;;
-esac
-[ -n "$HOMEDIR" ] || HOMEDIR=/
+    rest=${rest#*:}
+    HOMEDIR=${rest%:*}
+    PWNAME=${rest##*:}
+  else
+    UID_=$U PGID=0 PWNAME=
+  fi
+  if [ -z "$G" ] && [ -n "$PWNAME" ] &&
+    awk -F: -v u="$PWNAME" '{ n = split($4, m, ","); for (i = 1; i <= n; i++) if (m[i] == u) f = 1 }
+      END { exit !f }' "$ROOT/etc/group" 2>/dev/null; then
+    SUPP_USER=$PWNAME
+  fi
+  case "$G" in
+    '') GID_=$PGID ;;
+    *[!0-9]*)
+      GID_=$(awk -F: -v g="$G" '$1 == g { print $3; exit }' "$ROOT/etc/group" 2>/dev/null)
+      [ -n "$GID_" ] || { RU_ERR="group \"$G\" not found in the image's /etc/group"; return 1; }
+      ;;
+    *) GID_=$G ;;
+  esac
+  [ -n "$HOMEDIR" ] || HOMEDIR=/
+  return 0
+}
+USPEC=$(cfg user)
+[ -n "$USPEC" ] || USPEC=0:0
+resolve_user "$USPEC" || fail 126 "$RU_ERR"
 
 WD=$(cfg workdir)
 [ -n "$WD" ] || WD=/
@@ -308,9 +327,21 @@ fi
 STOPSIG=$(cfg stopsignal)
 [ -n "$STOPSIG" ] || STOPSIG=TERM
 
+# Supplementary groups: busybox nsenter clears them, so a user that has some
+# enters the root as root and runs the initrd's busybox start-stop-daemon
+# (through /proc/1/root), which takes them from the root's /etc/group with
+# initgroups, sets gid and uid, and execs the workload in place.
+eval "set -- $(cfg argv)"
+if [ -n "$SUPP_USER" ] && [ -x "$ROOT/proc/1/root/bin/busybox" ]; then
+  prog=$1
+  shift
+  set -- nsenter -r"$ROOT" -w"$WDH" -F -- /proc/1/root/bin/busybox start-stop-daemon -S -q \
+    -p /proc/ovms-no-such-pidfile -c "$SUPP_USER:$GID_" -x "$prog" -- "$@"
+else
+  set -- nsenter -r"$ROOT" -w"$WDH" -S "$UID_" -G "$GID_" -F -- "$@"
+fi
 # env -i clears the initrd's environment; HOME comes first so the config's own HOME wins.
-eval "set -- env -i HOME=\"\$HOMEDIR\" HOSTNAME=\"\$HN\" $(cfg env) \
-  nsenter -r\"\$ROOT\" -w\"\$WDH\" -S \"\$UID_\" -G \"\$GID_\" -F -- $(cfg argv)"
+eval "set -- env -i HOME=\"\$HOMEDIR\" HOSTNAME=\"\$HN\" $(cfg env) \"\$@\""
 
 # Clones restored from a snapshot of this guest take their new identity here.
 [ -r "$IDF" ] && identity_watch </dev/null >/dev/console 2>&1 &

@@ -13,6 +13,7 @@ PACKAGES=(
   docker-registry              # a real OCI registry for the tests
   skopeo umoci                 # independent OCI clients for interop tests
                                # (cosign, oras, crane: scripts/tools.sh, fetched by the tests)
+  podman buildah               # images built and pushed by them, converted and booted by ovm
   cloud-init                   # its schema validator, for convert's cloud-init profile
   apache2-utils openssl        # htpasswd and certificates for registry auth tests
   dosfstools mtools attr zstd  # convert: vfat cidata seed, xattrs, zstd layers
