@@ -19,6 +19,7 @@ PACKAGES=(
   dosfstools mtools attr zstd  # convert: vfat cidata seed, xattrs, zstd layers
   iproute2 nftables            # bridge networking: bridges, TAPs, NAT and port DNAT
   curl iperf3                  # networking tests and the bridge-vs-user throughput bench
+  python3                      # tests: tar fixtures and layer listings through Python's tarfile
   containerd runc              # the shim tests run a real containerd 1.6 (ctr); runc is the bench peer
 )
 
