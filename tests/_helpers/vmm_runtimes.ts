@@ -211,3 +211,26 @@ export async function demoSpec(
     detach: false,
   };
 }
+
+/**
+ * The cherrybomb fixture, copied where the VMM's unprivileged uid can run it:
+ * a checkout may sit in a directory only root can enter (a 0700 temp dir,
+ * /root), and ovm runs a descriptor runtime as the VMM's user. The copy is
+ * named by its content, written once and renamed into place.
+ */
+export async function cherrybombFixture(): Promise<string> {
+  const { TEST_CACHE } = await import("./vm.ts");
+  const bytes = await Deno.readFile(new URL("../fixtures/cherrybomb", import.meta.url));
+  const hex = Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", bytes)))
+    .map((b) => b.toString(16).padStart(2, "0")).join("").slice(0, 16);
+  const dir = join(TEST_CACHE, "fixtures");
+  const path = join(dir, `cherrybomb-${hex}`);
+  if (await Deno.stat(path).then((s) => s.isFile, () => false)) return path;
+  await Deno.mkdir(dir, { recursive: true, mode: 0o755 });
+  for (const d of [TEST_CACHE, dir]) await Deno.chmod(d, 0o755).catch(() => {});
+  const tmp = `${path}.${crypto.randomUUID()}`;
+  await Deno.writeFile(tmp, bytes, { mode: 0o755 });
+  await Deno.chmod(tmp, 0o755);
+  await Deno.rename(tmp, path);
+  return path;
+}

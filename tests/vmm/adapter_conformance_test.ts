@@ -14,10 +14,17 @@ import { builtinDescriptors, CliRuntimeAdapter } from "../../src/vmm/descriptor/
 import { buildConfigDisk } from "../../src/system/mod.ts";
 import { demoHome } from "../_helpers/runtime.ts";
 import { adapterConformance } from "../_helpers/adapter_conformance.ts";
-import { demoSpec, fakeBin, makeSpec, readCallLog } from "../_helpers/vmm_runtimes.ts";
+import {
+  cherrybombFixture,
+  demoSpec,
+  fakeBin,
+  makeSpec,
+  readCallLog,
+} from "../_helpers/vmm_runtimes.ts";
 import assert from "node:assert/strict";
 
-const FIXTURE = new URL("../fixtures/cherrybomb", import.meta.url).pathname;
+// A copy the VMM's uid can run, wherever the checkout is.
+const FIXTURE = await cherrybombFixture();
 
 Deno.test({
   name: "the QEMU adapter passes the adapter conformance suite (real qemu, TCG)",

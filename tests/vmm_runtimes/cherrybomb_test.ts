@@ -11,8 +11,10 @@ import { loadArtifact } from "../../src/store/mod.ts";
 import { ContentStore } from "../../src/store/mod.ts";
 import { processStartTime } from "../../src/process/mod.ts";
 import { vmmUser } from "../../src/runtime/mod.ts";
+import { cherrybombFixture } from "../_helpers/vmm_runtimes.ts";
 
-const FIXTURE = new URL("../fixtures/cherrybomb", import.meta.url).pathname;
+// A copy the VMM's uid can run, wherever the checkout is.
+const FIXTURE = await cherrybombFixture();
 
 function readArgv(path: string): string[] {
   const raw = Deno.readTextFileSync(path);

@@ -18,11 +18,12 @@ import { manifestFromValue, MediaTypes } from "../../src/manifest/mod.ts";
 import { selectAdapter } from "../../src/runtime/mod.ts";
 import { ovmIn } from "../_helpers/runtime.ts";
 import { coldStartVerdict } from "../../src/cli/runtimes.ts";
-import { fakeBin, makeSpec } from "../_helpers/vmm_runtimes.ts";
+import { cherrybombFixture, fakeBin, makeSpec } from "../_helpers/vmm_runtimes.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
-const FIXTURE = new URL("../fixtures/cherrybomb", import.meta.url).pathname;
+// A copy the VMM's uid can run, wherever the checkout is.
+const FIXTURE = await cherrybombFixture();
 
 function valid(): Record<string, unknown> {
   return JSON.parse(JSON.stringify({

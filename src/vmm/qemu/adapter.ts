@@ -441,8 +441,14 @@ export class QemuAdapter implements VmmAdapter {
       return { vm, spec, qmp, version: qmp.version };
     } catch (e) {
       qmp?.close();
+      // QEMU that dies here (a template it cannot map, a device it refuses)
+      // says why only in its log, which goes with the VM's directory.
+      const tail = await tailLines(join(spec.vmDir, QEMU_LOG_NAME), 10);
       await this.stop(vm.handle, { force: true }).catch(() => {});
-      throw e;
+      throw new VmmError("qemu", "restore", "qemu did not wait for the incoming snapshot", {
+        cause: e,
+        hint: tail ? `qemu said:\n${tail}` : (e as Error).message,
+      });
     }
   }
 
