@@ -218,11 +218,24 @@ Deno.test({
       });
 
       await t.step("status validates while it boots and once it runs", async () => {
+        let last: unknown;
         await waitFor(async () => {
           const st = await c.call("GET", "/status/origin");
-          assert.deepEqual(origin.check("GET", "/status/origin", st.status, st.type, st.body), []);
+          last = st.body;
+          assert.deepEqual(
+            origin.check("GET", "/status/origin", st.status, st.type, st.body),
+            [],
+            JSON.stringify(st.body),
+          );
           return st.body.state === "running" ? st : undefined;
-        }, { what: "the instance to run", timeoutMs: 120_000 });
+        }, { what: "the instance to run", timeoutMs: 120_000 }).catch((e) => {
+          throw new Error(
+            `${e.message}; last status ${
+              JSON.stringify(last)
+            }; ovm serve said:\n${serve?.stderr()}`,
+            { cause: e },
+          );
+        });
       });
 
       await t.step("logs are NDJSON, one JSON record per line", async () => {
