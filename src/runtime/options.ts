@@ -104,6 +104,12 @@ export interface StartOptions {
   requestedAt?: number;
   /** A restore's console log starts with this file's content (`ovm resume` keeps the console). */
   consoleFrom?: string;
+  /**
+   * The workload's stdin (a cold boot; the containerd shim, spec 13.3): a
+   * FIFO whose writer the caller holds, fed to the guest's `ovms.stdin` port.
+   * The artifact's command line must ask for it (`ovms.stdin=port`).
+   */
+  stdin?: string;
 }
 
 export interface StartedInstance {

@@ -154,6 +154,8 @@ export interface SpecInput {
   guestNics?: GuestNicIdentity[];
   runAs?: { uid: number; gid: number };
   detach: boolean;
+  /** The workload's stdin (`VmSpec.stdin`); cold boots only. */
+  stdin?: string;
 }
 
 /** `ovm run IMAGE CMD...`, `--entrypoint` and `--env` (convert's `applyOverrides` rules). */
@@ -256,6 +258,7 @@ function vmSpec(
     consoleLog: paths.consoleLog,
     runAs: input.runAs,
     detach: input.detach,
+    ...(input.stdin ? { stdin: input.stdin } : {}),
     ...(extra.memory ? { memory: extra.memory } : {}),
     vmgenid,
     // Who this VM is (spec 7.6.6): a restored clone's guest sees the generation

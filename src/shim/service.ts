@@ -191,8 +191,8 @@ export function taskService(
   });
 
   on("CloseIO", P + "CloseIORequest", EMPTY, (r) => {
-    need(r.id, r.exec_id);
-    // The workload's stdin is not connected (spec §13.2): nothing to close.
+    const t = need(r.id, r.exec_id);
+    if (r.stdin) t.closeStdin();
     return Promise.resolve({});
   });
 

@@ -10,6 +10,7 @@
  * forwards the image's stop signal to the workload) and forces it after the
  * grace period.
  */
+import { join } from "node:path";
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
 import { findServer, type OvmsClient } from "../api/client.ts";
 import {
@@ -34,6 +35,7 @@ import {
   unmountRootfs,
 } from "./rootfs.ts";
 import { taskArtifactRef, taskInstanceId } from "./paths.ts";
+import { run } from "../process/mod.ts";
 
 export type TaskStatus = "created" | "running" | "paused" | "stopped";
 
@@ -149,6 +151,98 @@ class StdioSink {
   }
 }
 
+/** The FIFO in the bundle the VM's stdin port reads (the VMM's stdin). */
+export function stdinFifoPath(bundle: string): string {
+  return join(bundle, "ovm-stdin");
+}
+
+/**
+ * The workload's stdin (spec §13.3): containerd's stdin FIFO is copied into a
+ * FIFO of the shim's own, which the VMM reads into the guest's `ovms.stdin`
+ * port. The shim is that FIFO's only writer, so closing it (containerd's
+ * writer went away, or CloseIO) is the workload's end of file.
+ */
+class StdinPump {
+  readonly fifo: string;
+  readonly #source: string;
+  #hold?: Deno.FsFile;
+  #in?: Deno.FsFile;
+  #out?: Deno.FsFile;
+  #pumped?: Promise<void>;
+  /** When the pump started waiting for containerd's next bytes (undefined: it is writing). */
+  #readingSince?: number;
+  #closed = false;
+
+  constructor(source: string, bundle: string) {
+    this.#source = source.replace(/^fifo:\/\//, "");
+    this.fifo = stdinFifoPath(bundle);
+  }
+
+  /** Creates the FIFO and holds it open, so the VMM's open for reading does not block. */
+  async prepare(): Promise<void> {
+    await Deno.remove(this.fifo).catch(() => {});
+    await run("mkfifo", ["-m", "0600", this.fifo]);
+    this.#hold = await Deno.open(this.fifo, { read: true, write: true });
+  }
+
+  /** Once the VMM has its end open: writes only, and copies containerd's stdin into it. */
+  async start(): Promise<void> {
+    this.#out = await Deno.open(this.fifo, { write: true });
+    this.#hold?.close();
+    this.#hold = undefined;
+    if (!this.#source) return this.close();
+    // O_RDWR first, so the read-only open does not block before containerd's writer opens;
+    // then only containerd's writer keeps it open, and its close is our end of file.
+    const keep = await Deno.open(this.#source, { read: true, write: true });
+    try {
+      this.#in = await Deno.open(this.#source, { read: true });
+    } finally {
+      keep.close();
+    }
+    const src = this.#in;
+    const out = this.#out;
+    this.#pumped = (async () => {
+      const buf = new Uint8Array(64 * 1024);
+      while (!this.#closed) {
+        this.#readingSince = performance.now();
+        const n = await src.read(buf);
+        this.#readingSince = undefined;
+        if (n === null || this.#closed) break;
+        let off = 0;
+        while (off < n) off += await out.write(buf.subarray(off, n));
+      }
+    })().catch(() => {}).finally(() => this.close());
+  }
+
+  /**
+   * CloseIO: what containerd wrote goes through first — `ctr` closes its
+   * writer only after CloseIO returns, and the pump ends at that end of file —
+   * then the workload reads end of file. A writer that stays open (a client
+   * that keeps the FIFO) is cut once the pump has waited `idleMs` for more.
+   */
+  closeIO(idleMs = 1000): void {
+    if (!this.#pumped) return this.close();
+    const check = () => {
+      if (this.#closed) return;
+      const since = this.#readingSince;
+      if (since !== undefined && performance.now() - since >= idleMs) return this.close();
+      setTimeout(check, 200);
+    };
+    setTimeout(check, 200);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const f of [this.#hold, this.#in, this.#out]) {
+      try {
+        f?.close();
+      } catch { /* closed */ }
+    }
+    this.#hold = this.#in = this.#out = undefined;
+  }
+}
+
 export class VmTask {
   readonly id: string;
   readonly namespace: string;
@@ -171,6 +265,7 @@ export class VmTask {
   #artifact?: string;
   #sandbox = false;
   #server?: OvmsClient;
+  #stdin?: StdinPump;
   #onExit?: (t: VmTask) => void;
 
   private constructor(store: ContentStore, input: CreateInput, options: TaskOptions) {
@@ -257,8 +352,12 @@ export class VmTask {
     // An OVMS artifact starts through the node's `ovm serve` when one serves this home: its
     // warm pool (spec §8.5) then hands over a prepared VM.
     const server = this.#artifact ? await findServer({ env: Deno.env, home }) : undefined;
+    // A VM built from an image reads the workload's stdin from a port; an OVMS artifact,
+    // a whole VM often restored mid-run, has none.
+    const stdin = this.#artifact ? undefined : new StdinPump(this.io.stdin, this.bundle);
     let wait: () => Promise<InstanceState>;
     try {
+      await stdin?.prepare();
       if (server) {
         this.#server = server;
         await server.start(this.#artifact!, { overrides: { name: this.instanceId }, wait: true });
@@ -275,12 +374,16 @@ export class VmTask {
           detach: true,
           bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
           trace: this.#o.trace,
+          stdin: stdin?.fifo,
         });
         this.#started = started;
         this.pid = started.vm.handle.pid;
         wait = () => waitInstance(home, started);
       }
+      await stdin?.start();
+      this.#stdin = stdin;
     } catch (e) {
+      stdin?.close();
       await out.close();
       await err.close();
       throw e;
@@ -307,6 +410,7 @@ export class VmTask {
         this.#o.log?.(`waiting for the VM failed: ${e}`);
       }
       ended = true;
+      stdin?.close();
       await pump.catch(() => {});
       router.flush();
       await out.close();
@@ -323,6 +427,11 @@ export class VmTask {
     this.exitedAt = new Date();
     this.#resolveExit();
     this.#onExit?.(this);
+  }
+
+  /** CloseIO with stdin: the workload reads end of file once what was written went through. */
+  closeStdin(): void {
+    this.#stdin?.closeIO();
   }
 
   kill(signal: number): void {
@@ -426,6 +535,7 @@ export async function cleanupTask(
     if (!(e instanceof NotFoundError)) throw e;
   }
   await store.untag(taskArtifactRef(bundle, namespace, id)).catch(() => false);
+  await Deno.remove(stdinFifoPath(bundle)).catch(() => {});
   await unmountRootfs(bundle);
   return { exitCode };
 }

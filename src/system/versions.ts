@@ -10,7 +10,7 @@
 export const SYSTEM_ARCH = "amd64";
 
 /** The version of the ovms-init contract (cmdline parameters, config disk, console lines). */
-export const OVMS_INIT_VERSION = "2";
+export const OVMS_INIT_VERSION = "3";
 
 export interface DefaultKernel {
   /** `uname -r` of the kernel; the name of its directory under `system/kernel/`. */

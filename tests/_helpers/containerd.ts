@@ -151,13 +151,24 @@ export class TestContainerd implements AsyncDisposable {
   }
 
   async ctr(...args: string[]): Promise<CtrResult> {
-    const out = await new Deno.Command("ctr", {
+    return await this.ctrWithStdin(undefined, ...args);
+  }
+
+  /** Runs ctr with `input` on its stdin (then end of file); none: /dev/null. */
+  async ctrWithStdin(input: string | undefined, ...args: string[]): Promise<CtrResult> {
+    const child = new Deno.Command("ctr", {
       args: ["--address", this.socket, ...args],
-      stdin: "null",
+      stdin: input === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
       signal: AbortSignal.timeout(240_000),
-    }).output();
+    }).spawn();
+    if (input !== undefined) {
+      const w = child.stdin.getWriter();
+      await w.write(new TextEncoder().encode(input));
+      await w.close();
+    }
+    const out = await child.output();
     const dec = new TextDecoder();
     return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
   }

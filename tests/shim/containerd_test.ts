@@ -92,6 +92,27 @@ Deno.test({
   });
 
   await t.step(
+    "stdin: the workload reads what is piped into ctr run, then end of file",
+    async () => {
+      const r = await c.ctrWithStdin(
+        "first line\nsecond\nthird\n",
+        "run",
+        "--rm",
+        ...RT,
+        TEST_IMAGE,
+        "t-stdin",
+        "/bin/sh",
+        "-c",
+        // cat ends only at end of file: ctr's stdin closing (CloseIO) must reach the guest.
+        'read x; echo "got $x"; cat; echo done',
+      );
+      assert.equal(r.code, 0, `${r.stderr}\n${await c.logTail()}`);
+      assert.equal(r.stdout, "got first line\nsecond\nthird\ndone\n");
+      assert.deepEqual(await leftovers(c, "t-stdin"), []);
+    },
+  );
+
+  await t.step(
     "the OCI process's args, env and cwd and the CPU and memory limits reach the VM",
     async () => {
       const r = await c.ctr(
