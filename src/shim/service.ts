@@ -11,9 +11,10 @@ import { ConflictError, NotFoundError, OvmError, ValidationError } from "../erro
 import type { ContentStore } from "../store/mod.ts";
 import { VERSION } from "../version.ts";
 import type { EventPublisher } from "./events.ts";
-import { decodeMessage, encodeMessage, type Message, timestamp } from "./proto/mod.ts";
+import { decodeMessage, encodeMessage, type Message, packAny, timestamp } from "./proto/mod.ts";
 import { Code, type Handler, TtrpcError } from "./ttrpc.ts";
 import { type TaskOptions, type TaskStatus, VmTask } from "./task.ts";
+import { METRICS_V2 } from "./stats.ts";
 
 export const TASK_SERVICE = "containerd.task.v2.Task";
 const P = "containerd.task.v2.";
@@ -196,6 +197,11 @@ export function taskService(
     return Promise.resolve({});
   });
 
+  on("Stats", P + "StatsRequest", P + "StatsResponse", async (r) => {
+    const t = need(r.id);
+    return { stats: packAny(METRICS_V2, await t.metrics()) };
+  });
+
   on("Connect", P + "ConnectRequest", P + "ConnectResponse", (r) => {
     const t = need(r.id);
     return Promise.resolve({ shim_pid: Deno.pid, task_pid: t.pid, version: VERSION });
@@ -222,10 +228,6 @@ export function taskService(
   m.set(
     `${TASK_SERVICE}/Update`,
     unimplemented("Update", "a VM's memory and CPUs are fixed when it boots"),
-  );
-  m.set(
-    `${TASK_SERVICE}/Stats`,
-    unimplemented("Stats", "cgroup metrics do not describe a VM"),
   );
   return m;
 }

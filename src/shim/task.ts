@@ -36,6 +36,8 @@ import {
 } from "./rootfs.ts";
 import { taskArtifactRef, taskInstanceId } from "./paths.ts";
 import { run } from "../process/mod.ts";
+import type { Message } from "./proto/mod.ts";
+import { processMetrics } from "./stats.ts";
 
 export type TaskStatus = "created" | "running" | "paused" | "stopped";
 
@@ -427,6 +429,16 @@ export class VmTask {
     this.exitedAt = new Date();
     this.#resolveExit();
     this.#onExit?.(this);
+  }
+
+  /** The VMM process's metrics (cgroup v2 shape, spec §13.2); a sandbox runs no VM: none. */
+  async metrics(): Promise<Message> {
+    if (this.status !== "running" && this.status !== "paused") {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}; only a running VM has metrics`);
+    }
+    if (this.#sandbox) return {};
+    const state = await getInstance(this.#store.paths.home, this.instanceId).catch(() => undefined);
+    return await processMetrics(this.pid, { limitBytes: state?.memoryBytes });
   }
 
   /** CloseIO with stdin: the workload reads end of file once what was written went through. */

@@ -145,9 +145,14 @@ Deno.test({
     },
   );
 
-  await t.step("ctr run -d, task ls, kill: SIGTERM stops the workload gracefully", async () => {
+  await t.step("ctr run -d, task ls, metrics, kill: SIGTERM stops it gracefully", async () => {
     const log = await startDetached(c, "t-kill");
     assert.equal(await c.taskStatus("t-kill"), "RUNNING");
+    // Stats: the VMM process's CPU time and memory, as cgroup v2 metrics ctr decodes.
+    const m = JSON.parse((await c.ctrOk("task", "metrics", "--format", "json", "t-kill")).stdout);
+    assert.ok(m.cpu.usage_usec > 0, JSON.stringify(m));
+    assert.equal(m.memory.usage_limit, 256 << 20);
+    assert.ok(m.memory.usage > 16 << 20 && m.memory.usage < 1 << 30, `usage ${m.memory.usage}`);
     await c.ctrOk("task", "kill", "--signal", "SIGTERM", "t-kill");
     await waitStopped(c, "t-kill");
     assert.match(await Deno.readTextFile(log), /got term/);
