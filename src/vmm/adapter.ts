@@ -137,7 +137,8 @@ export interface VmSpec {
    * A file (a FIFO whose writer the caller holds) the VMM reads into the
    * guest's virtio-serial port named `ovms.stdin`; its end of file (every
    * writer closed) becomes the port's end of file. ovms-init gives the port
-   * to the workload as its stdin (`ovms.stdin=port`, spec 6.4).
+   * to the workload as its stdin (`ovms.stdin=port`, spec 6.4). Backends
+   * without `capabilities.stdin` ignore it (the guest then reads /dev/null).
    */
   stdin?: string;
   /** Run the VMM as this user (ovm runs as root). */
