@@ -87,18 +87,13 @@ export function taskService(
     if (task && !deleted) {
       throw new TtrpcError(Code.alreadyExists, `this shim already runs task "${task.id}"`);
     }
-    if (r.checkpoint) {
-      throw new TtrpcError(
-        Code.unimplemented,
-        "restoring a task from a checkpoint is not supported",
-      );
-    }
     task = await VmTask.create(store, {
       id: r.id,
       namespace: options.namespace,
       bundle: r.bundle,
       rootfs: r.rootfs,
       io: { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal },
+      checkpoint: r.checkpoint || undefined,
     }, options);
     deleted = false;
     const t = task;
@@ -118,7 +113,7 @@ export function taskService(
       bundle: t.bundle,
       rootfs: r.rootfs,
       io: { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal },
-      checkpoint: "",
+      checkpoint: r.checkpoint,
       pid: t.pid,
     });
     return { pid: t.pid };
@@ -202,6 +197,11 @@ export function taskService(
     return { stats: packAny(METRICS_V2, await t.metrics()) };
   });
 
+  on("Checkpoint", P + "CheckpointTaskRequest", EMPTY, async (r) => {
+    await need(r.id).checkpoint(r.path);
+    return {};
+  });
+
   on("Connect", P + "ConnectRequest", P + "ConnectResponse", (r) => {
     const t = need(r.id);
     return Promise.resolve({ shim_pid: Deno.pid, task_pid: t.pid, version: VERSION });
@@ -221,10 +221,6 @@ export function taskService(
     ),
   );
   m.set(`${TASK_SERVICE}/ResizePty`, unimplemented("ResizePty", "tasks have no terminal"));
-  m.set(
-    `${TASK_SERVICE}/Checkpoint`,
-    unimplemented("Checkpoint", "snapshot the VM with 'ovm snapshot' instead"),
-  );
   m.set(
     `${TASK_SERVICE}/Update`,
     unimplemented("Update", "a VM's memory and CPUs are fixed when it boots"),

@@ -13,13 +13,16 @@
 import { join } from "node:path";
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
 import { findServer, type OvmsClient } from "../api/client.ts";
+import { exportArtifact } from "../cli/export.ts";
 import {
   followConsole,
   getInstance,
+  importExportDir,
   instancePaths,
   type InstanceState,
   isActive,
   removeInstance,
+  snapshotInstance,
   type StartedInstance,
   startInstance,
   stopInstance,
@@ -54,7 +57,12 @@ export interface CreateInput {
   bundle: string;
   rootfs: Mount[];
   io: TaskIo;
+  /** containerd's unpacked checkpoint (a restore): the directory `checkpoint` wrote. */
+  checkpoint?: string;
 }
+
+/** The `ovm export` of the task's RAM snapshot, inside containerd's checkpoint directory. */
+export const CHECKPOINT_EXPORT = "ovm-snapshot";
 
 export interface TaskOptions {
   /** Grace period for a non-KILL signal before the VM is forced off. Default 10 s. */
@@ -265,6 +273,8 @@ export class VmTask {
   #memoryBytes?: number;
   #cpus?: number;
   #artifact?: string;
+  /** Restored from a containerd checkpoint: `ref` is the snapshot, started by the shim. */
+  #restored = false;
   #sandbox = false;
   #server?: OvmsClient;
   #stdin?: StdinPump;
@@ -299,6 +309,29 @@ export class VmTask {
     }
     task.#memoryBytes = plan.memoryBytes;
     task.#cpus = plan.cpus;
+    if (input.checkpoint) {
+      // A restore (spec §13.2): the checkpoint holds an `ovm export` of the task's RAM snapshot,
+      // which goes on where it was checkpointed, with the memory and vCPUs it recorded.
+      const dir = join(input.checkpoint, CHECKPOINT_EXPORT);
+      let digest: string;
+      try {
+        digest = await importExportDir(store, dir);
+      } catch (e) {
+        throw new ValidationError(`The checkpoint "${input.checkpoint}" is not an ovm checkpoint`, {
+          cause: e,
+          hint: "restore only checkpoints the ovm shim wrote ('ctr task checkpoint')",
+        });
+      }
+      const artifact = await loadArtifact(store, digest);
+      await store.tag(task.ref, artifact.descriptor);
+      // containerd 1.6 never removes the checkpoint it unpacked: the blobs are in the store now.
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      task.#restored = true;
+      // An OVMS artifact's VM keeps its raw console; a task built from an image its tagged one.
+      if (plan.artifact) task.#artifact = task.ref;
+      task.#memoryBytes = task.#cpus = undefined;
+      return task;
+    }
     if (plan.artifact) {
       // The container names an OVMS artifact: the image's rootfs is not used.
       let artifact;
@@ -353,7 +386,9 @@ export class VmTask {
     await err.open();
     // An OVMS artifact starts through the node's `ovm serve` when one serves this home: its
     // warm pool (spec §8.5) then hands over a prepared VM.
-    const server = this.#artifact ? await findServer({ env: Deno.env, home }) : undefined;
+    const server = this.#artifact && !this.#restored
+      ? await findServer({ env: Deno.env, home })
+      : undefined;
     // A VM built from an image reads the workload's stdin from a port; an OVMS artifact,
     // a whole VM often restored mid-run, has none.
     const stdin = this.#artifact ? undefined : new StdinPump(this.io.stdin, this.bundle);
@@ -372,7 +407,7 @@ export class VmTask {
           memoryBytes: this.#memoryBytes,
           cpus: this.#cpus,
           // A snapshot restores with the network it recorded; a task built here has none.
-          net: this.#artifact ? undefined : "none",
+          net: this.#artifact || this.#restored ? undefined : "none",
           detach: true,
           bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
           trace: this.#o.trace,
@@ -439,6 +474,34 @@ export class VmTask {
     if (this.#sandbox) return {};
     const state = await getInstance(this.#store.paths.home, this.instanceId).catch(() => undefined);
     return await processMetrics(this.pid, { limitBytes: state?.memoryBytes });
+  }
+
+  /**
+   * Checkpoint (spec §13.2): a RAM snapshot of the VM (`ovm snapshot`; the
+   * VM goes on), exported as `dir/ovm-snapshot`, which containerd tars into
+   * its checkpoint image. The snapshot's ref in the store is dropped again.
+   */
+  async checkpoint(dir: string): Promise<void> {
+    if (this.#sandbox) {
+      throw new ConflictError(`Task "${this.id}" is a Pod sandbox: it runs no VM to checkpoint`);
+    }
+    if (this.#server) {
+      throw new ConflictError(
+        `Task "${this.id}" runs in the node's 'ovm serve', not in this shim`,
+        { hint: "snapshot it through the server ('ovm snapshot' with its socket)" },
+      );
+    }
+    if (this.status !== "running" && this.status !== "paused") {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}; only a running VM checkpoints`);
+    }
+    const home = this.#store.paths.home;
+    const ref = `ovm-shim/${this.instanceId}:checkpoint`;
+    await snapshotInstance(home, this.instanceId, { tag: ref });
+    try {
+      await exportArtifact(this.#store, ref, join(dir, CHECKPOINT_EXPORT));
+    } finally {
+      await this.#store.untag(ref).catch(() => false);
+    }
   }
 
   /** CloseIO with stdin: the workload reads end of file once what was written went through. */

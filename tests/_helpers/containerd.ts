@@ -107,6 +107,7 @@ export class TestContainerd implements AsyncDisposable {
   }
 
   async startDaemon(): Promise<void> {
+    await Deno.mkdir(join(this.dir, "xdg"), { recursive: true, mode: 0o700 });
     const log = await Deno.open(join(this.dir, "containerd.log"), {
       append: true,
       create: true,
@@ -117,6 +118,8 @@ export class TestContainerd implements AsyncDisposable {
         PATH: `${this.bin}:${Deno.env.get("PATH")}`,
         OVM_HOME: this.home,
         OVM_SOCKET: this.ovmSocket,
+        // Where containerd unpacks a checkpoint to restore (and leaves it): our temp dir.
+        XDG_RUNTIME_DIR: join(this.dir, "xdg"),
       },
       stdin: "null",
       stdout: "null",
