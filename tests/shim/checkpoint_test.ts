@@ -22,7 +22,7 @@ function counts(text: string): number[] {
 }
 
 Deno.test({
-  name: "ctr task checkpoint snapshots the VM and ctr containers restore --live goes on from it",
+  name: "ctr containers checkpoint --task snapshots the VM and restore --live goes on from it",
   sanitizeResources: false,
   sanitizeOps: false,
 }, async (t) => {
