@@ -3,12 +3,13 @@
  * One containerd task = one ovm VM (spec §13.2). `create` mounts the root
  * filesystem, reads the OCI spec and builds (or names) the artifact; `start`
  * boots it through the runtime's public surface (`startInstance`) and routes
- * the workload's tagged console lines to containerd's stdout/stderr FIFOs;
- * the VM's end becomes the task's exit status (the workload's code from
+ * the workload's tagged console lines to containerd's stdout/stderr FIFOs
+ * and containerd's stdin FIFO to the guest's stdin port; the VM's end becomes the task's exit status (the workload's code from
  * `OVMS-EXIT`, else 128 + the signal that stopped it, else 255). `kill`
  * SIGKILL kills the VMM, any other signal asks the guest to stop (ovms-init
  * forwards the image's stop signal to the workload) and forces it after the
- * grace period.
+ * grace period. A checkpoint is a RAM snapshot of the VM; a task created from
+ * one restores it (spec §13.6).
  */
 import { join } from "node:path";
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
@@ -310,7 +311,7 @@ export class VmTask {
     task.#memoryBytes = plan.memoryBytes;
     task.#cpus = plan.cpus;
     if (input.checkpoint) {
-      // A restore (spec §13.2): the checkpoint holds an `ovm export` of the task's RAM snapshot,
+      // A restore (spec §13.6): the checkpoint holds an `ovm export` of the task's RAM snapshot,
       // which goes on where it was checkpointed, with the memory and vCPUs it recorded.
       const dir = join(input.checkpoint, CHECKPOINT_EXPORT);
       let digest: string;
@@ -319,7 +320,7 @@ export class VmTask {
       } catch (e) {
         throw new ValidationError(`The checkpoint "${input.checkpoint}" is not an ovm checkpoint`, {
           cause: e,
-          hint: "restore only checkpoints the ovm shim wrote ('ctr task checkpoint')",
+          hint: "restore only checkpoints the ovm shim wrote ('ctr containers checkpoint --task')",
         });
       }
       const artifact = await loadArtifact(store, digest);
@@ -477,7 +478,7 @@ export class VmTask {
   }
 
   /**
-   * Checkpoint (spec §13.2): a RAM snapshot of the VM (`ovm snapshot`; the
+   * Checkpoint (spec §13.6): a RAM snapshot of the VM (`ovm snapshot`; the
    * VM goes on), exported as `dir/ovm-snapshot`, which containerd tars into
    * its checkpoint image. The snapshot's ref in the store is dropped again.
    */
