@@ -9,6 +9,9 @@
  * - `ovm-snapshot`: the same with `--annotation io.ovms.artifact=` a RAM
  *   snapshot of a counting guest (restored, no warm pool), to the first
  *   "count" line; the task is then killed.
+ * - `ovm-pool`: the same snapshot with the node's `ovm serve --warm-snapshot
+ *   --warm-pool 1` answering on containerd's `$OVM_SOCKET`, so the shim takes
+ *   the pool's prepared VM; each run waits until the pool has refilled.
  * - `runc`: the same image and command under containerd's default runtime
  *   (`io.containerd.runc.v2`, Debian's runc), the peer.
  *
@@ -17,11 +20,13 @@
 import { parseArgs } from "node:util";
 import { TEST_IMAGE, TestContainerd } from "../tests/_helpers/containerd.ts";
 import { ovmIn, waitFor } from "../tests/_helpers/runtime.ts";
-import { dropTemplates, lastCount, packCounter } from "../tests/_helpers/snapshot.ts";
+import { dropTemplates, lastCount, packCounter, pooledQemus } from "../tests/_helpers/snapshot.ts";
 import { ContentStore } from "../src/store/mod.ts";
 
 // Unique: guest RAM files in /dev/shm are named by instance id, across homes.
 const SRC = `shim-src-${crypto.randomUUID().slice(0, 8)}`;
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 const { values } = parseArgs({ args: Deno.args, options: { runs: { type: "string" } } });
 const runs = Number(values.runs ?? "5");
@@ -63,6 +68,13 @@ function stats(xs: number[]): string {
     (s[s.length - 1] / 1000).toFixed(2)
   })`;
 }
+
+// Other processes share the host: sample its 1-minute load average through the run.
+const loads: number[] = [];
+const sampleLoad = async () =>
+  loads.push(Number((await Deno.readTextFile("/proc/loadavg")).split(" ")[0]));
+await sampleLoad();
+const sampler = setInterval(() => void sampleLoad(), 5000);
 
 await using c = await TestContainerd.start();
 const store = await ContentStore.open(c.home);
@@ -131,15 +143,77 @@ try {
       ),
     );
   }
+  // The warm pool last: while `ovm serve` answers, every snapshot task goes through it.
+  const serve = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      MAIN,
+      "serve",
+      "--home",
+      c.home,
+      "--socket",
+      c.ovmSocket,
+      "--warm-snapshot",
+      "bench/counter:warm",
+      "--warm-pool",
+      "1",
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    for (let i = 0; i < runs; i++) {
+      await waitFor(async () => (await pooledQemus(c.home)).length === 1 || undefined, {
+        timeoutMs: 180_000,
+        what: "the warm pool to hold a prepared VM",
+      });
+      const id = `b-pool-${i}`;
+      add(
+        "ovm-pool",
+        await timeCtr(
+          c,
+          [
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.ovm.v2",
+            "--annotation",
+            "io.ovms.artifact=bench/counter:warm",
+            TEST_IMAGE,
+            id,
+            "/bin/true",
+          ],
+          /count \d+/,
+          async () => {
+            await c.ctr("task", "kill", "--signal", "SIGKILL", id);
+          },
+        ),
+      );
+    }
+  } finally {
+    serve.kill("SIGTERM");
+    await serve.status;
+  }
   console.log(`ctr run to first output, ${runs} runs each (${new Date().toISOString()}):`);
+  console.log(
+    `  host load average (1 min) during the run: ${Math.min(...loads).toFixed(1)}–${
+      Math.max(...loads).toFixed(1)
+    }, mean ${
+      (loads.reduce((a, b) => a + b, 0) / loads.length).toFixed(1)
+    }, ${navigator.hardwareConcurrency} CPUs`,
+  );
   for (const [k, v] of Object.entries(results)) {
     console.log(`  ${k.padEnd(13)} first output ${stats(v.first)}; ctr exit ${stats(v.exit)}`);
   }
   const med = (k: string) => [...results[k].first].sort((a, b) => a - b)[Math.floor(runs / 2)];
   console.log(
     `  ratios (first output): ovm/runc ${(med("ovm") / med("runc")).toFixed(1)}x, ` +
-      `ovm-snapshot/runc ${(med("ovm-snapshot") / med("runc")).toFixed(1)}x`,
+      `ovm-snapshot/runc ${(med("ovm-snapshot") / med("runc")).toFixed(1)}x, ` +
+      `ovm-pool/runc ${(med("ovm-pool") / med("runc")).toFixed(1)}x`,
   );
 } finally {
+  clearInterval(sampler);
   await dropTemplates(store);
 }

@@ -41,7 +41,7 @@ fail() {
 
 # --- kernel command line -------------------------------------------------
 P_ROOT=/dev/vda P_ROOTFS=ext4 P_ROOTMODE=rw P_OVERLAY= P_MODE=exec
-P_CONFIG= P_HOSTNAME= P_NET=none P_STDIO=console
+P_CONFIG= P_HOSTNAME= P_NET=none P_STDIO=console P_STDIN=console
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     ovms.root=*) P_ROOT=${arg#*=} ;;
@@ -53,6 +53,7 @@ for arg in $(cat /proc/cmdline); do
     ovms.hostname=*) P_HOSTNAME=${arg#*=} ;;
     ovms.net=*) P_NET=${arg#*=} ;;
     ovms.stdio=*) P_STDIO=${arg#*=} ;;
+    ovms.stdin=*) P_STDIN=${arg#*=} ;;
   esac
 done
 [ -n "$P_OVERLAY" ] || { [ "$P_ROOTMODE" = ro ] && P_OVERLAY=tmpfs || P_OVERLAY=none; }
@@ -350,6 +351,23 @@ forward() {
   [ -n "$child" ] && kill "-$STOPSIG" "$child" 2>/dev/null
 }
 trap forward TERM INT
+# ovms.stdin=port: the workload's stdin is the virtio-serial port "ovms.stdin",
+# which the host feeds (the containerd shim: containerd's stdin FIFO); the
+# host closing it is the workload's end of file. No such port: /dev/null.
+WIN=
+if [ "$P_STDIN" = port ]; then
+  i=0
+  while [ -z "$WIN" ] && [ $i -lt 30 ]; do
+    for n in /sys/class/virtio-ports/*/name; do
+      [ -r "$n" ] && [ "$(cat "$n")" = ovms.stdin ] && { d=${n%/name}; WIN=/dev/${d##*/}; }
+    done
+    [ -n "$WIN" ] && [ -c "$WIN" ] && break
+    WIN=
+    i=$((i + 1))
+    sleep 0.1
+  done
+  [ -n "$WIN" ] || { log "warning: no ovms.stdin port; stdin is /dev/null"; WIN=/dev/null; }
+fi
 # ovms.stdio=tagged: every line the workload writes reaches the console as
 # "@o|line" (stdout) or "@e|line" (stderr), so a host (the containerd shim)
 # tells them apart from each other and from kernel and init messages.
@@ -360,7 +378,14 @@ if [ "$P_STDIO" = tagged ]; then
   tag_out=$!
   awk '{ printf "@e|%s\n", $0; fflush() }' </run/ovms/stderr &
   tag_err=$!
-  "$@" >/run/ovms/stdout 2>/run/ovms/stderr &
+  if [ -n "$WIN" ]; then
+    "$@" <"$WIN" >/run/ovms/stdout 2>/run/ovms/stderr &
+  else
+    "$@" >/run/ovms/stdout 2>/run/ovms/stderr &
+  fi
+  child=$!
+elif [ -n "$WIN" ]; then
+  "$@" <"$WIN" &
   child=$!
 else
   "$@" &

@@ -142,6 +142,11 @@ export interface SpawnOptions extends Omit<RunOptions, "stdin" | "allowFailure">
   /** Append the program's stdout and stderr to this file (opened before `dropTo`). */
   outputFile?: string;
   /**
+   * The program's stdin: this file opened for reading by the wrapper (a FIFO
+   * whose writer the caller holds, so the open does not block). Wins over `stdin`.
+   */
+  stdinFile?: string;
+  /**
    * Open descriptors (from `ffi/`, e.g. a TAP queue) the program inherits at
    * the same numbers. They are inheritable only during the (synchronous)
    * spawn, so no other child ever gets them.
@@ -174,6 +179,7 @@ function wrapperArgv(cmd: string, args: string[], options: SpawnOptions): string
     return `"\${${params.length}}"`;
   };
   if (options.outputFile) lines.push(`exec >>${param(options.outputFile)} 2>&1 || exit 125`);
+  if (options.stdinFile) lines.push(`exec <${param(options.stdinFile)} || exit 125`);
   const redirs = (options.passFiles ?? []).map((f, i) => {
     const op = f.mode === "read" ? "<" : f.mode === "readwrite" ? "<>" : ">>";
     return `${FIRST_PASSED_FD + i}${op}${param(f.path)}`;
@@ -265,7 +271,7 @@ export class ProcessHandle implements AsyncDisposable {
 export function spawn(cmd: string, args: string[], options: SpawnOptions = {}): ProcessHandle {
   let child: Deno.ChildProcess;
   const wrapped = options.passFiles?.length || options.dropTo || options.newSession ||
-    options.outputFile;
+    options.outputFile || options.stdinFile;
   const argv = wrapped ? wrapperArgv(cmd, args, options) : [cmd, ...args];
   const inherit = options.inheritFds ?? [];
   try {

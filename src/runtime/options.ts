@@ -104,6 +104,13 @@ export interface StartOptions {
   requestedAt?: number;
   /** A restore's console log starts with this file's content (`ovm resume` keeps the console). */
   consoleFrom?: string;
+  /**
+   * The workload's stdin (the containerd shim, spec 13.3): a FIFO whose
+   * writer the caller holds, fed to the guest's `ovms.stdin` port. The
+   * guest's command line must ask for it (`ovms.stdin=port`); a restore then
+   * takes no VM from a warm pool (those read /dev/null).
+   */
+  stdin?: string;
 }
 
 export interface StartedInstance {

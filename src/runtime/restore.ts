@@ -151,6 +151,8 @@ export interface RestoreInput {
   consoleFrom?: string;
   /** The clone's own network (bridge mode: its TAP and lease); default: the record's mode. */
   network?: InstanceNetwork;
+  /** The workload's stdin (`StartOptions.stdin`) for a guest with the stdin port. */
+  stdin?: string;
 }
 
 /**
@@ -184,6 +186,7 @@ export async function prepareRestore(
     cmdline: record.cmdline,
     configDiskBytes: record.configDiskBytes,
     memory: input.template.memory,
+    stdin: input.stdin,
   });
   // The VMM opens the console log for appending: a seeded one goes on.
   if (input.consoleFrom && await exists(input.consoleFrom)) {
@@ -224,6 +227,7 @@ async function takeWarm(
   // from the pool.
   if (
     !pool || artifact.manifest.devices.length || options.publish?.length || options.consoleFrom ||
+    options.stdin ||
     options.net === "bridge" ||
     (hasRestoreRecord(artifact.manifest) &&
       readRestoreRecord(artifact.manifest).network === "bridge")
@@ -332,6 +336,7 @@ export async function restoreInstance(
         signal: options.signal,
         consoleFrom: options.consoleFrom,
         network,
+        stdin: options.stdin,
       }));
       vm = prepared.vm;
       step("spawn the VMM for the restore");

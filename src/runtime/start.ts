@@ -131,6 +131,11 @@ async function claimBoot(
       });
     }
   }
+  if (options.stdin && !adapter.capabilities.stdin) {
+    throw new ValidationError(`Runtime "${adapter.name}" cannot connect the workload's stdin`, {
+      hint: "run it with the qemu runtime",
+    });
+  }
   const accel = await chooseAccel(options.accel ?? "auto");
   if (accel.fallbackReason) note(`using TCG (software emulation): ${accel.fallbackReason}`);
   step("select runtime and accelerator");
@@ -209,6 +214,7 @@ async function launch(
       guestNics,
       runAs,
       detach: options.detach ?? false,
+      stdin: options.stdin,
       overrides: { cmd: options.cmd, entrypoint: options.entrypoint, env: options.env },
     });
     step("instance dir, config disk, cmdline");

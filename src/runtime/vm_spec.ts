@@ -154,6 +154,12 @@ export interface SpecInput {
   guestNics?: GuestNicIdentity[];
   runAs?: { uid: number; gid: number };
   detach: boolean;
+  /**
+   * The workload's stdin (`VmSpec.stdin`). A guest whose command line asks
+   * for the port (`ovms.stdin=port`) always gets it, so a snapshot of it
+   * restores onto the same devices; without a source it reads `/dev/null`.
+   */
+  stdin?: string;
 }
 
 /** `ovm run IMAGE CMD...`, `--entrypoint` and `--env` (convert's `applyOverrides` rules). */
@@ -233,6 +239,9 @@ export async function restoreSpec(
   });
 }
 
+/** The command-line parameter by which a guest asks for its stdin port (spec 6.4). */
+const STDIN_PORT_ARG = /(^|\s)ovms\.stdin=port(\s|$)/;
+
 /** The VM spec literal (the only one). */
 function vmSpec(
   input: SpecInput,
@@ -256,6 +265,9 @@ function vmSpec(
     consoleLog: paths.consoleLog,
     runAs: input.runAs,
     detach: input.detach,
+    ...(input.stdin || STDIN_PORT_ARG.test(extra.cmdline)
+      ? { stdin: input.stdin ?? "/dev/null" }
+      : {}),
     ...(extra.memory ? { memory: extra.memory } : {}),
     vmgenid,
     // Who this VM is (spec 7.6.6): a restored clone's guest sees the generation

@@ -108,7 +108,14 @@ export function planFromSpec(spec: OciSpec): BundlePlan {
   const p = spec.process;
   if (!p?.args?.length) throw unsupported("process.args", "it is empty; a VM needs a command");
   if (p.terminal) {
-    throw unsupported("process.terminal", "the workload's stdio is a pair of pipes, not a TTY");
+    throw new ValidationError(
+      "The OCI spec field process.terminal is not supported by the ovm shim: the workload " +
+        "runs with its stdin, stdout and stderr as pipes, not under a TTY",
+      {
+        hint: "run the task without a terminal (ctr run without -t/--tty; no tty: true in the " +
+          "Pod's container, kubectl run without -t); stdin stays connected",
+      },
+    );
   }
   if (spec.windows) throw unsupported("windows", "ovm runs Linux guests");
   if (spec.vm) throw unsupported("vm", "the shim supplies its own kernel and VMM");

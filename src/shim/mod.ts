@@ -12,3 +12,4 @@ export * from "./events.ts";
 export * from "./task.ts";
 export * from "./service.ts";
 export * from "./shim.ts";
+export * from "./stats.ts";

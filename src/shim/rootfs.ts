@@ -118,6 +118,7 @@ export async function buildTaskArtifact(
       overlay: "none",
       mode: "exec",
       stdio: "tagged",
+      stdin: "port",
     }) + " loglevel=1";
     await store.lease(async () => {
       const kernel = await store.importFile(system.kernel.path, { signal: options.signal });

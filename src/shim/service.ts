@@ -11,9 +11,10 @@ import { ConflictError, NotFoundError, OvmError, ValidationError } from "../erro
 import type { ContentStore } from "../store/mod.ts";
 import { VERSION } from "../version.ts";
 import type { EventPublisher } from "./events.ts";
-import { decodeMessage, encodeMessage, type Message, timestamp } from "./proto/mod.ts";
+import { decodeMessage, encodeMessage, type Message, packAny, timestamp } from "./proto/mod.ts";
 import { Code, type Handler, TtrpcError } from "./ttrpc.ts";
 import { type TaskOptions, type TaskStatus, VmTask } from "./task.ts";
+import { METRICS_V2 } from "./stats.ts";
 
 export const TASK_SERVICE = "containerd.task.v2.Task";
 const P = "containerd.task.v2.";
@@ -86,18 +87,13 @@ export function taskService(
     if (task && !deleted) {
       throw new TtrpcError(Code.alreadyExists, `this shim already runs task "${task.id}"`);
     }
-    if (r.checkpoint) {
-      throw new TtrpcError(
-        Code.unimplemented,
-        "restoring a task from a checkpoint is not supported",
-      );
-    }
     task = await VmTask.create(store, {
       id: r.id,
       namespace: options.namespace,
       bundle: r.bundle,
       rootfs: r.rootfs,
       io: { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal },
+      checkpoint: r.checkpoint || undefined,
     }, options);
     deleted = false;
     const t = task;
@@ -117,7 +113,7 @@ export function taskService(
       bundle: t.bundle,
       rootfs: r.rootfs,
       io: { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal },
-      checkpoint: "",
+      checkpoint: r.checkpoint,
       pid: t.pid,
     });
     return { pid: t.pid };
@@ -191,9 +187,19 @@ export function taskService(
   });
 
   on("CloseIO", P + "CloseIORequest", EMPTY, (r) => {
-    need(r.id, r.exec_id);
-    // The workload's stdin is not connected (spec §13.2): nothing to close.
+    const t = need(r.id, r.exec_id);
+    if (r.stdin) t.closeStdin();
     return Promise.resolve({});
+  });
+
+  on("Stats", P + "StatsRequest", P + "StatsResponse", async (r) => {
+    const t = need(r.id);
+    return { stats: packAny(METRICS_V2, await t.metrics()) };
+  });
+
+  on("Checkpoint", P + "CheckpointTaskRequest", EMPTY, async (r) => {
+    await need(r.id).checkpoint(r.path);
+    return {};
   });
 
   on("Connect", P + "ConnectRequest", P + "ConnectResponse", (r) => {
@@ -216,16 +222,8 @@ export function taskService(
   );
   m.set(`${TASK_SERVICE}/ResizePty`, unimplemented("ResizePty", "tasks have no terminal"));
   m.set(
-    `${TASK_SERVICE}/Checkpoint`,
-    unimplemented("Checkpoint", "snapshot the VM with 'ovm snapshot' instead"),
-  );
-  m.set(
     `${TASK_SERVICE}/Update`,
     unimplemented("Update", "a VM's memory and CPUs are fixed when it boots"),
-  );
-  m.set(
-    `${TASK_SERVICE}/Stats`,
-    unimplemented("Stats", "cgroup metrics do not describe a VM"),
   );
   return m;
 }

@@ -3,22 +3,27 @@
  * One containerd task = one ovm VM (spec §13.2). `create` mounts the root
  * filesystem, reads the OCI spec and builds (or names) the artifact; `start`
  * boots it through the runtime's public surface (`startInstance`) and routes
- * the workload's tagged console lines to containerd's stdout/stderr FIFOs;
- * the VM's end becomes the task's exit status (the workload's code from
+ * the workload's tagged console lines to containerd's stdout/stderr FIFOs
+ * and containerd's stdin FIFO to the guest's stdin port; the VM's end becomes the task's exit status (the workload's code from
  * `OVMS-EXIT`, else 128 + the signal that stopped it, else 255). `kill`
  * SIGKILL kills the VMM, any other signal asks the guest to stop (ovms-init
  * forwards the image's stop signal to the workload) and forces it after the
- * grace period.
+ * grace period. A checkpoint is a RAM snapshot of the VM; a task created from
+ * one restores it (spec §13.6).
  */
+import { join } from "node:path";
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
 import { findServer, type OvmsClient } from "../api/client.ts";
+import { exportArtifact } from "../cli/export.ts";
 import {
   followConsole,
   getInstance,
+  importExportDir,
   instancePaths,
   type InstanceState,
   isActive,
   removeInstance,
+  snapshotInstance,
   type StartedInstance,
   startInstance,
   stopInstance,
@@ -34,6 +39,9 @@ import {
   unmountRootfs,
 } from "./rootfs.ts";
 import { taskArtifactRef, taskInstanceId } from "./paths.ts";
+import { run } from "../process/mod.ts";
+import type { Message } from "./proto/mod.ts";
+import { processMetrics } from "./stats.ts";
 
 export type TaskStatus = "created" | "running" | "paused" | "stopped";
 
@@ -50,7 +58,12 @@ export interface CreateInput {
   bundle: string;
   rootfs: Mount[];
   io: TaskIo;
+  /** containerd's unpacked checkpoint (a restore): the directory `checkpoint` wrote. */
+  checkpoint?: string;
 }
+
+/** The `ovm export` of the task's RAM snapshot, inside containerd's checkpoint directory. */
+export const CHECKPOINT_EXPORT = "ovm-snapshot";
 
 export interface TaskOptions {
   /** Grace period for a non-KILL signal before the VM is forced off. Default 10 s. */
@@ -149,6 +162,98 @@ class StdioSink {
   }
 }
 
+/** The FIFO in the bundle the VM's stdin port reads (the VMM's stdin). */
+export function stdinFifoPath(bundle: string): string {
+  return join(bundle, "ovm-stdin");
+}
+
+/**
+ * The workload's stdin (spec §13.3): containerd's stdin FIFO is copied into a
+ * FIFO of the shim's own, which the VMM reads into the guest's `ovms.stdin`
+ * port. The shim is that FIFO's only writer, so closing it (containerd's
+ * writer went away, or CloseIO) is the workload's end of file.
+ */
+class StdinPump {
+  readonly fifo: string;
+  readonly #source: string;
+  #hold?: Deno.FsFile;
+  #in?: Deno.FsFile;
+  #out?: Deno.FsFile;
+  #pumped?: Promise<void>;
+  /** When the pump started waiting for containerd's next bytes (undefined: it is writing). */
+  #readingSince?: number;
+  #closed = false;
+
+  constructor(source: string, bundle: string) {
+    this.#source = source.replace(/^fifo:\/\//, "");
+    this.fifo = stdinFifoPath(bundle);
+  }
+
+  /** Creates the FIFO and holds it open, so the VMM's open for reading does not block. */
+  async prepare(): Promise<void> {
+    await Deno.remove(this.fifo).catch(() => {});
+    await run("mkfifo", ["-m", "0600", this.fifo]);
+    this.#hold = await Deno.open(this.fifo, { read: true, write: true });
+  }
+
+  /** Once the VMM has its end open: writes only, and copies containerd's stdin into it. */
+  async start(): Promise<void> {
+    this.#out = await Deno.open(this.fifo, { write: true });
+    this.#hold?.close();
+    this.#hold = undefined;
+    if (!this.#source) return this.close();
+    // O_RDWR first, so the read-only open does not block before containerd's writer opens;
+    // then only containerd's writer keeps it open, and its close is our end of file.
+    const keep = await Deno.open(this.#source, { read: true, write: true });
+    try {
+      this.#in = await Deno.open(this.#source, { read: true });
+    } finally {
+      keep.close();
+    }
+    const src = this.#in;
+    const out = this.#out;
+    this.#pumped = (async () => {
+      const buf = new Uint8Array(64 * 1024);
+      while (!this.#closed) {
+        this.#readingSince = performance.now();
+        const n = await src.read(buf);
+        this.#readingSince = undefined;
+        if (n === null || this.#closed) break;
+        let off = 0;
+        while (off < n) off += await out.write(buf.subarray(off, n));
+      }
+    })().catch(() => {}).finally(() => this.close());
+  }
+
+  /**
+   * CloseIO: what containerd wrote goes through first — `ctr` closes its
+   * writer only after CloseIO returns, and the pump ends at that end of file —
+   * then the workload reads end of file. A writer that stays open (a client
+   * that keeps the FIFO) is cut once the pump has waited `idleMs` for more.
+   */
+  closeIO(idleMs = 1000): void {
+    if (!this.#pumped) return this.close();
+    const check = () => {
+      if (this.#closed) return;
+      const since = this.#readingSince;
+      if (since !== undefined && performance.now() - since >= idleMs) return this.close();
+      setTimeout(check, 200);
+    };
+    setTimeout(check, 200);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const f of [this.#hold, this.#in, this.#out]) {
+      try {
+        f?.close();
+      } catch { /* closed */ }
+    }
+    this.#hold = this.#in = this.#out = undefined;
+  }
+}
+
 export class VmTask {
   readonly id: string;
   readonly namespace: string;
@@ -169,8 +274,11 @@ export class VmTask {
   #memoryBytes?: number;
   #cpus?: number;
   #artifact?: string;
+  /** Restored from a containerd checkpoint: `ref` is the snapshot, started by the shim. */
+  #restored = false;
   #sandbox = false;
   #server?: OvmsClient;
+  #stdin?: StdinPump;
   #onExit?: (t: VmTask) => void;
 
   private constructor(store: ContentStore, input: CreateInput, options: TaskOptions) {
@@ -202,6 +310,29 @@ export class VmTask {
     }
     task.#memoryBytes = plan.memoryBytes;
     task.#cpus = plan.cpus;
+    if (input.checkpoint) {
+      // A restore (spec §13.6): the checkpoint holds an `ovm export` of the task's RAM snapshot,
+      // which goes on where it was checkpointed, with the memory and vCPUs it recorded.
+      const dir = join(input.checkpoint, CHECKPOINT_EXPORT);
+      let digest: string;
+      try {
+        digest = await importExportDir(store, dir);
+      } catch (e) {
+        throw new ValidationError(`The checkpoint "${input.checkpoint}" is not an ovm checkpoint`, {
+          cause: e,
+          hint: "restore only checkpoints the ovm shim wrote ('ctr containers checkpoint --task')",
+        });
+      }
+      const artifact = await loadArtifact(store, digest);
+      await store.tag(task.ref, artifact.descriptor);
+      // containerd 1.6 never removes the checkpoint it unpacked: the blobs are in the store now.
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      task.#restored = true;
+      // An OVMS artifact's VM keeps its raw console; a task built from an image its tagged one.
+      if (plan.artifact) task.#artifact = task.ref;
+      task.#memoryBytes = task.#cpus = undefined;
+      return task;
+    }
     if (plan.artifact) {
       // The container names an OVMS artifact: the image's rootfs is not used.
       let artifact;
@@ -256,9 +387,15 @@ export class VmTask {
     await err.open();
     // An OVMS artifact starts through the node's `ovm serve` when one serves this home: its
     // warm pool (spec §8.5) then hands over a prepared VM.
-    const server = this.#artifact ? await findServer({ env: Deno.env, home }) : undefined;
+    const server = this.#artifact && !this.#restored
+      ? await findServer({ env: Deno.env, home })
+      : undefined;
+    // A VM built from an image reads the workload's stdin from a port; an OVMS artifact,
+    // a whole VM often restored mid-run, has none.
+    const stdin = this.#artifact ? undefined : new StdinPump(this.io.stdin, this.bundle);
     let wait: () => Promise<InstanceState>;
     try {
+      await stdin?.prepare();
       if (server) {
         this.#server = server;
         await server.start(this.#artifact!, { overrides: { name: this.instanceId }, wait: true });
@@ -271,16 +408,20 @@ export class VmTask {
           memoryBytes: this.#memoryBytes,
           cpus: this.#cpus,
           // A snapshot restores with the network it recorded; a task built here has none.
-          net: this.#artifact ? undefined : "none",
+          net: this.#artifact || this.#restored ? undefined : "none",
           detach: true,
           bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
           trace: this.#o.trace,
+          stdin: stdin?.fifo,
         });
         this.#started = started;
         this.pid = started.vm.handle.pid;
         wait = () => waitInstance(home, started);
       }
+      await stdin?.start();
+      this.#stdin = stdin;
     } catch (e) {
+      stdin?.close();
       await out.close();
       await err.close();
       throw e;
@@ -307,6 +448,7 @@ export class VmTask {
         this.#o.log?.(`waiting for the VM failed: ${e}`);
       }
       ended = true;
+      stdin?.close();
       await pump.catch(() => {});
       router.flush();
       await out.close();
@@ -323,6 +465,49 @@ export class VmTask {
     this.exitedAt = new Date();
     this.#resolveExit();
     this.#onExit?.(this);
+  }
+
+  /** The VMM process's metrics (cgroup v2 shape, spec §13.2); a sandbox runs no VM: none. */
+  async metrics(): Promise<Message> {
+    if (this.status !== "running" && this.status !== "paused") {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}; only a running VM has metrics`);
+    }
+    if (this.#sandbox) return {};
+    const state = await getInstance(this.#store.paths.home, this.instanceId).catch(() => undefined);
+    return await processMetrics(this.pid, { limitBytes: state?.memoryBytes });
+  }
+
+  /**
+   * Checkpoint (spec §13.6): a RAM snapshot of the VM (`ovm snapshot`; the
+   * VM goes on), exported as `dir/ovm-snapshot`, which containerd tars into
+   * its checkpoint image. The snapshot's ref in the store is dropped again.
+   */
+  async checkpoint(dir: string): Promise<void> {
+    if (this.#sandbox) {
+      throw new ConflictError(`Task "${this.id}" is a Pod sandbox: it runs no VM to checkpoint`);
+    }
+    if (this.#server) {
+      throw new ConflictError(
+        `Task "${this.id}" runs in the node's 'ovm serve', not in this shim`,
+        { hint: "snapshot it through the server ('ovm snapshot' with its socket)" },
+      );
+    }
+    if (this.status !== "running" && this.status !== "paused") {
+      throw new ConflictError(`Task "${this.id}" is ${this.status}; only a running VM checkpoints`);
+    }
+    const home = this.#store.paths.home;
+    const ref = `ovm-shim/${this.instanceId}:checkpoint`;
+    await snapshotInstance(home, this.instanceId, { tag: ref });
+    try {
+      await exportArtifact(this.#store, ref, join(dir, CHECKPOINT_EXPORT));
+    } finally {
+      await this.#store.untag(ref).catch(() => false);
+    }
+  }
+
+  /** CloseIO with stdin: the workload reads end of file once what was written went through. */
+  closeStdin(): void {
+    this.#stdin?.closeIO();
   }
 
   kill(signal: number): void {
@@ -426,6 +611,7 @@ export async function cleanupTask(
     if (!(e instanceof NotFoundError)) throw e;
   }
   await store.untag(taskArtifactRef(bundle, namespace, id)).catch(() => false);
+  await Deno.remove(stdinFifoPath(bundle)).catch(() => {});
   await unmountRootfs(bundle);
   return { exitCode };
 }

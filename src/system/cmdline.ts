@@ -27,6 +27,13 @@ export interface InitCmdlineOptions {
   console?: string;
   /** `tagged`: the workload's stdout/stderr lines reach the console as `@o|`/`@e|` lines. */
   stdio?: "console" | "tagged";
+  /**
+   * `port`: the workload's stdin is the virtio-serial port `ovms.stdin` (the
+   * VMM feeds it from a host FIFO, `VmSpec.stdin`); `/dev/null` when the VM
+   * has no such port. Default: as before, `/dev/null` in `tagged` mode, the
+   * console otherwise.
+   */
+  stdin?: "console" | "port";
 }
 
 const DEVICE_RE = /^\/dev\/[A-Za-z0-9._\/-]+$/;
@@ -82,5 +89,6 @@ export function initCmdline(opts: InitCmdlineOptions = {}): string {
     p.push(`ovms.net=${parts.join(",").replace(/,+$/, "")}`);
   }
   if (opts.stdio === "tagged") p.push("ovms.stdio=tagged");
+  if (opts.stdin === "port") p.push("ovms.stdin=port");
   return p.join(" ");
 }

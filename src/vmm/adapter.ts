@@ -60,6 +60,11 @@ export interface AdapterCapabilities {
   /** Whether `pause`/`resume` work. */
   pause: boolean;
   /**
+   * Whether the guest gets `VmSpec.stdin` as its `ovms.stdin` port (a cold
+   * boot; spec 13.3). Default false.
+   */
+  stdin?: boolean;
+  /**
    * Whether the guest gets `VmSpec.identity` (QEMU: fw_cfg), so a restored
    * clone takes its own MAC and address (spec 7.6.6). Default false.
    */
@@ -128,6 +133,14 @@ export interface VmSpec {
   vmDir: string;
   /** Where the guest's serial console is appended. */
   consoleLog: string;
+  /**
+   * A file (a FIFO whose writer the caller holds) the VMM reads into the
+   * guest's virtio-serial port named `ovms.stdin`; its end of file (every
+   * writer closed) becomes the port's end of file. ovms-init gives the port
+   * to the workload as its stdin (`ovms.stdin=port`, spec 6.4). Backends
+   * without `capabilities.stdin` ignore it (the guest then reads /dev/null).
+   */
+  stdin?: string;
   /** Run the VMM as this user (ovm runs as root). */
   runAs?: { uid: number; gid: number };
   /** Whether the VMM must outlive the ovm process that starts it. */

@@ -43,6 +43,8 @@ export interface LaunchOptions {
   devices?: DeviceStatus[];
   /** Descriptors the VMM inherits at the same numbers (a TAP queue; `SpawnOptions.inheritFds`). */
   inheritFds?: number[];
+  /** The VMM's stdin (`SpawnOptions.stdinFile`): the guest's stdin port reads it. */
+  stdinFile?: string;
   /** Called once the process ended (after `exited` settles for the launcher). */
   onExit?: () => void;
   signal?: AbortSignal;
@@ -80,6 +82,7 @@ export async function launchVmm(
     stdout: "null",
     stderr: "null",
     inheritFds: options.inheritFds,
+    stdinFile: options.stdinFile,
   });
   const handle: VmHandle = {
     adapter,

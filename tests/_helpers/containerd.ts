@@ -107,6 +107,7 @@ export class TestContainerd implements AsyncDisposable {
   }
 
   async startDaemon(): Promise<void> {
+    await Deno.mkdir(join(this.dir, "xdg"), { recursive: true, mode: 0o700 });
     const log = await Deno.open(join(this.dir, "containerd.log"), {
       append: true,
       create: true,
@@ -117,6 +118,8 @@ export class TestContainerd implements AsyncDisposable {
         PATH: `${this.bin}:${Deno.env.get("PATH")}`,
         OVM_HOME: this.home,
         OVM_SOCKET: this.ovmSocket,
+        // Where containerd unpacks a checkpoint to restore (and leaves it): our temp dir.
+        XDG_RUNTIME_DIR: join(this.dir, "xdg"),
       },
       stdin: "null",
       stdout: "null",
@@ -151,13 +154,24 @@ export class TestContainerd implements AsyncDisposable {
   }
 
   async ctr(...args: string[]): Promise<CtrResult> {
-    const out = await new Deno.Command("ctr", {
+    return await this.ctrWithStdin(undefined, ...args);
+  }
+
+  /** Runs ctr with `input` on its stdin (then end of file); none: /dev/null. */
+  async ctrWithStdin(input: string | undefined, ...args: string[]): Promise<CtrResult> {
+    const child = new Deno.Command("ctr", {
       args: ["--address", this.socket, ...args],
-      stdin: "null",
+      stdin: input === undefined ? "null" : "piped",
       stdout: "piped",
       stderr: "piped",
       signal: AbortSignal.timeout(240_000),
-    }).output();
+    }).spawn();
+    if (input !== undefined) {
+      const w = child.stdin.getWriter();
+      await w.write(new TextEncoder().encode(input));
+      await w.close();
+    }
+    const out = await child.output();
     const dec = new TextDecoder();
     return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
   }

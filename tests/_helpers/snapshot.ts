@@ -12,7 +12,7 @@ import type { Device } from "../../src/manifest/mod.ts";
 import { ensureSystem, initCmdline } from "../../src/system/mod.ts";
 import { instancePaths } from "../../src/runtime/mod.ts";
 import { SNAPSHOT_CACHE } from "../../src/runtime/mod.ts";
-import { killAll } from "./runtime.ts";
+import { isVmProcess, killAll } from "./runtime.ts";
 import { TEST_CACHE } from "./vm.ts";
 
 export const COUNTER_TAG = "test/counter:1";
@@ -143,4 +143,22 @@ export async function lastCount(home: string, id: string): Promise<number | unde
 export async function counts(home: string, id: string): Promise<number[]> {
   const text = await Deno.readTextFile(instancePaths(home, id).consoleLog).catch(() => "");
   return [...text.matchAll(/count (\d+)/g)].map((m) => Number(m[1]));
+}
+
+/** Live QEMU processes waiting in `home`'s warm pool (they hold files under `<home>/pool/`). */
+export async function pooledQemus(home: string): Promise<number[]> {
+  const out: number[] = [];
+  for await (const e of Deno.readDir("/proc")) {
+    if (!/^\d+$/.test(e.name) || !(await isVmProcess(Number(e.name)))) continue;
+    try {
+      for await (const fd of Deno.readDir(`/proc/${e.name}/fd`)) {
+        const target = await Deno.readLink(`/proc/${e.name}/fd/${fd.name}`).catch(() => "");
+        if (target.startsWith(join(home, "pool") + "/")) {
+          out.push(Number(e.name));
+          break;
+        }
+      }
+    } catch { /* gone */ }
+  }
+  return out;
 }

@@ -8,33 +8,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { TEST_IMAGE, TestContainerd } from "../_helpers/containerd.ts";
-import { isVmProcess, ovmIn, readState, waitFor } from "../_helpers/runtime.ts";
+import { ovmIn, readState, waitFor } from "../_helpers/runtime.ts";
 import { taskInstanceId } from "../../src/shim/mod.ts";
-import { dropTemplates, lastCount, packCounter } from "../_helpers/snapshot.ts";
+import { dropTemplates, lastCount, packCounter, pooledQemus } from "../_helpers/snapshot.ts";
 import { ContentStore } from "../../src/store/mod.ts";
 
 // Unique: guest RAM files in /dev/shm are named by instance id, across homes.
 const SRC = `shim-src-${crypto.randomUUID().slice(0, 8)}`;
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
-
-/** Live QEMU processes waiting in `home`'s warm pool (they hold files under `<home>/pool/`). */
-async function pooledQemus(home: string): Promise<number[]> {
-  const out: number[] = [];
-  for await (const e of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(e.name) || !(await isVmProcess(Number(e.name)))) continue;
-    try {
-      for await (const fd of Deno.readDir(`/proc/${e.name}/fd`)) {
-        const target = await Deno.readLink(`/proc/${e.name}/fd/${fd.name}`).catch(() => "");
-        if (target.startsWith(join(home, "pool") + "/")) {
-          out.push(Number(e.name));
-          break;
-        }
-      }
-    } catch { /* gone */ }
-  }
-  return out;
-}
 
 Deno.test({
   name: "an OVMS snapshot named by io.ovms.artifact is restored through the shim",

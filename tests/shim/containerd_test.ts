@@ -92,6 +92,27 @@ Deno.test({
   });
 
   await t.step(
+    "stdin: the workload reads what is piped into ctr run, then end of file",
+    async () => {
+      const r = await c.ctrWithStdin(
+        "first line\nsecond\nthird\n",
+        "run",
+        "--rm",
+        ...RT,
+        TEST_IMAGE,
+        "t-stdin",
+        "/bin/sh",
+        "-c",
+        // cat ends only at end of file: ctr's stdin closing (CloseIO) must reach the guest.
+        'read x; echo "got $x"; cat; echo done',
+      );
+      assert.equal(r.code, 0, `${r.stderr}\n${await c.logTail()}`);
+      assert.equal(r.stdout, "got first line\nsecond\nthird\ndone\n");
+      assert.deepEqual(await leftovers(c, "t-stdin"), []);
+    },
+  );
+
+  await t.step(
     "the OCI process's args, env and cwd and the CPU and memory limits reach the VM",
     async () => {
       const r = await c.ctr(
@@ -124,9 +145,14 @@ Deno.test({
     },
   );
 
-  await t.step("ctr run -d, task ls, kill: SIGTERM stops the workload gracefully", async () => {
+  await t.step("ctr run -d, task ls, metrics, kill: SIGTERM stops it gracefully", async () => {
     const log = await startDetached(c, "t-kill");
     assert.equal(await c.taskStatus("t-kill"), "RUNNING");
+    // Stats: the VMM process's CPU time and memory, as cgroup v2 metrics ctr decodes.
+    const m = JSON.parse((await c.ctrOk("task", "metrics", "--format", "json", "t-kill")).stdout);
+    assert.ok(m.cpu.usage_usec > 0, JSON.stringify(m));
+    assert.equal(m.memory.usage_limit, 256 << 20);
+    assert.ok(m.memory.usage > 16 << 20 && m.memory.usage < 1 << 30, `usage ${m.memory.usage}`);
     await c.ctrOk("task", "kill", "--signal", "SIGTERM", "t-kill");
     await waitStopped(c, "t-kill");
     assert.match(await Deno.readTextFile(log), /got term/);

@@ -2,8 +2,8 @@
  * The CRI path, as kubelet drives it: containerd's CRI plugin with a runtime
  * handler `ovm` (runtime_type io.containerd.ovm.v2), and a gRPC client of
  * `runtime.v1.RuntimeService` on containerd's socket running RunPodSandbox →
- * CreateContainer → StartContainer → ContainerStatus → StopPodSandbox →
- * RemovePodSandbox. Host networking (no CNI); the sandbox runs no VM (spec
+ * CreateContainer → StartContainer → ContainerStats → ContainerStatus →
+ * StopPodSandbox → RemovePodSandbox. Host networking (no CNI); the sandbox runs no VM (spec
  * 13.5), the container is a VM whose output lands in the CRI log file.
  */
 import assert from "node:assert/strict";
@@ -62,13 +62,27 @@ Deno.test({
         metadata: { name: "hello", attempt: 0 },
         image: { image: TEST_IMAGE },
         command: ["/bin/sh", "-c"],
-        args: ['echo "hello from $(hostname)"; echo oops >&2; exit 5'],
+        // Up long enough for a ContainerStats call while it runs.
+        args: ['echo "hello from $(hostname)"; echo oops >&2; sleep 10; exit 5'],
         log_path: "hello.log",
         linux: { resources: { memory_limit_in_bytes: 256 << 20 } },
       },
       sandbox_config: sandboxConfig,
     });
     await cri.call("StartContainer", { container_id: ctr });
+    await waitFor(
+      async () =>
+        /stdout F hello/.test(await Deno.readTextFile(join(logs, "hello.log")).catch(() => "")) ||
+        undefined,
+      { timeoutMs: 180_000, what: "the container's first output" },
+    );
+    // CRI decodes the shim's cgroup v2 metrics of the VMM process.
+    const { stats } = await cri.call("ContainerStats", { container_id: ctr });
+    assert.ok(Number(stats.cpu.usage_core_nano_seconds.value) > 0, JSON.stringify(stats.cpu));
+    assert.ok(
+      Number(stats.memory.working_set_bytes.value) > 16 << 20,
+      JSON.stringify(stats.memory),
+    );
     const status = await waitFor(async () => {
       const s = (await cri.call("ContainerStatus", { container_id: ctr })).status;
       return s.state === "CONTAINER_EXITED" ? s : undefined;

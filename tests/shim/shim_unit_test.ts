@@ -2,21 +2,26 @@
  * The shim's pure parts: containerd's Go-style flags, the names derived from
  * (namespace, id, bundle), the OCI spec → VM plan (what is honoured, what is
  * refused and how the refusal reads), the console line router, and the
- * launcher `ovm shim install` writes (run for real with -v).
+ * launcher `ovm shim install` writes (run for real with -v), and a process's
+ * metrics in the cgroup v2 shape containerd decodes.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import {
+  decodeMessage,
+  encodeMessage,
   installLauncher,
+  METRICS_V2,
   parseShimArgs,
   planFromSpec,
+  processMetrics,
   shimSocketPath,
   stateDirOf,
   TaggedLineRouter,
   taskInstanceId,
 } from "../../src/shim/mod.ts";
 import { INSTANCE_ID_RE } from "../../src/runtime/mod.ts";
-import { ValidationError } from "../../src/errors.ts";
+import { NotFoundError, ValidationError } from "../../src/errors.ts";
 
 Deno.test("shim flags parse as Go's flag package reads them, the action after them", () => {
   const a = parseShimArgs([
@@ -172,4 +177,19 @@ Deno.test("ovm shim install writes an executable launcher that runs ovm's shim m
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a process's metrics read from /proc encode as io.containerd.cgroups.v2.Metrics", async () => {
+  // Burn some CPU so the usage is not zero at 10 ms resolution.
+  const until = performance.now() + 50;
+  while (performance.now() < until) Math.sqrt(Math.random());
+  const m = await processMetrics(Deno.pid, { limitBytes: 256 << 20 });
+  const round = decodeMessage(METRICS_V2, encodeMessage(METRICS_V2, m));
+  assert.ok(round.cpu.usage_usec > 0, JSON.stringify(round.cpu));
+  assert.equal(round.cpu.usage_usec, round.cpu.user_usec + round.cpu.system_usec);
+  const rss = Number(/^VmRSS:\s+(\d+) kB$/m.exec(Deno.readTextFileSync("/proc/self/status"))![1]);
+  assert.ok(Math.abs(round.memory.usage - rss * 1024) < 64 << 20, `usage ${round.memory.usage}`);
+  assert.equal(round.memory.usage_limit, 256 << 20);
+  assert.ok(round.pids.current >= 1);
+  await assert.rejects(() => processMetrics(2 ** 22 + 1), NotFoundError);
 });

@@ -152,3 +152,20 @@ Deno.test("bridge NICs are tap netdevs on the inherited TAP queues with their MA
   assert.ok(fwcfg[0].startsWith("name=opt/ovms/identity,string=generation=0b9a6c2e-"));
   assert.ok(!fwcfg[0].slice("name=opt/ovms/identity,string=".length).includes(","));
 });
+
+Deno.test("a VM with stdin feeds QEMU's stdin to the virtio-serial port ovms.stdin", () => {
+  const none = buildQemuCommand(spec());
+  assert.ok(!none.args.some((a) => a.includes("virtserialport")));
+  const cmd = buildQemuCommand(spec({ stdin: "/bundle/ovm-stdin" }));
+  assert.deepEqual(after(cmd.args, "-chardev").filter((c) => c.startsWith("stdio")), [
+    "stdio,id=stdin0,signal=off",
+  ]);
+  assert.ok(after(cmd.args, "-device").includes("virtio-serial-pci,id=vser0"));
+  assert.ok(
+    after(cmd.args, "-device").includes(
+      "virtserialport,bus=vser0.0,chardev=stdin0,name=ovms.stdin",
+    ),
+  );
+  // The FIFO is QEMU's stdin (the spawn wrapper opens it), not a passed file.
+  assert.ok(!cmd.passFiles.some((f) => f.path === "/bundle/ovm-stdin"));
+});

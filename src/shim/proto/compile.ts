@@ -20,6 +20,7 @@ export const SHIM_PROTO_FILES = [
   "api/events/task.proto",
   "api/services/ttrpc/events/v1/events.proto",
   "ttrpc/request.proto",
+  "cgroups/cgroup2/stats/metrics.proto",
 ] as const;
 
 export function compileShimProtos(): protobuf.INamespace {

@@ -71,6 +71,7 @@ export class QemuAdapter implements VmmAdapter {
     network: ["none", "user", "bridge"],
     guestIdentity: true,
     pause: true,
+    stdin: true,
   };
   readonly #binary: string;
   readonly #qemuImg: string;
@@ -208,6 +209,7 @@ export class QemuAdapter implements VmmAdapter {
       runtimeFiles: cmd.runtimeFiles,
       devices: cmd.devices,
       inheritFds: tapFds,
+      stdinFile: spec.stdin,
       signal: options.signal,
     });
   }

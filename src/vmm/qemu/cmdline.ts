@@ -32,6 +32,9 @@ export interface QemuCommand {
 
 export const QMP_SOCKET_NAME = "qmp.sock";
 
+/** The virtio-serial port ovms-init gives the workload as stdin (`ovms.stdin=port`). */
+export const STDIN_PORT = "ovms.stdin";
+
 /** The fw_cfg file that carries the guest identity document. */
 export const IDENTITY_FW_CFG = "opt/ovms/identity";
 
@@ -232,6 +235,19 @@ export function buildQemuCommand(
         `virtio-net-pci,netdev=net${i},id=nic${i},mac=${nic.mac}`,
       );
     });
+  }
+  if (spec.stdin) {
+    // The workload's stdin (spec 13.3): QEMU's own stdin (the wrapper opens spec.stdin as fd 0)
+    // feeds a virtio-serial port; QEMU reads it only while the guest holds the port open, and
+    // its end of file closes the port, which the guest reads as end of file.
+    args.push(
+      "-device",
+      "virtio-serial-pci,id=vser0",
+      "-chardev",
+      "stdio,id=stdin0,signal=off",
+      "-device",
+      `virtserialport,bus=vser0.0,chardev=stdin0,name=${STDIN_PORT}`,
+    );
   }
   // The guest identity (spec section 7.6.6), read by ovms-init through qemu_fw_cfg.
   if (spec.identity) args.push("-fw_cfg", `name=${IDENTITY_FW_CFG},string=${spec.identity}`);
