@@ -31,7 +31,7 @@ import { type InstanceState, InstanceStore, type VmPaths } from "./instance.ts";
 import { getInstance, stopInstance } from "./lifecycle.ts";
 import { RESTORE_ANNOTATION, type RestoreRecord } from "./restore_record.ts";
 import { assertAllowed } from "./state_machine.ts";
-import { installTemplate, markTemplateUser, newTemplateDir } from "./template_cache.ts";
+import { installTemplate, newTemplateDir } from "./template_cache.ts";
 
 export interface SnapshotOptions {
   /** Local ref for the new artifact (`name:tag`). */
@@ -230,9 +230,8 @@ async function captureRam(
     ], { metadata: { restore: record }, signal });
   }
   const ram = await store.ingest(stream, { signal });
-  await installTemplate(template, ram.digest);
+  await installTemplate(template, ram.digest, store.paths.home);
   ctx.onTemplate(undefined);
-  await markTemplateUser(ram.digest, store.paths.home);
   return {
     record,
     diskLayers,

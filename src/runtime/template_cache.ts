@@ -74,11 +74,14 @@ export async function ensureTemplate(
       machine: record.machine,
     })
     : undefined;
+  // Marked before it is looked at: a concurrent 'ovm gc' of another home
+  // then sees a user (or a fresh use, see pruneTemplates) and keeps it.
+  const home = store.paths.home;
+  if (await exists(dir)) await markTemplateUser(digest, home);
   if (!(await exists(tpl.deviceState)) || !(await exists(tpl.memory))) {
-    if (chain) await decodeChain(chain, tpl, options.signal);
-    else await decodeTemplate(store.blobPath(digest), tpl, record, options.signal);
+    if (chain) await decodeChain(chain, tpl, home, options.signal);
+    else await decodeTemplate(store.blobPath(digest), tpl, record, home, options.signal);
   }
-  await markTemplateUser(digest, store.paths.home);
   if (ram.mlock_required && options.lock !== false && !LOCKS.has(hex)) {
     // This process holds the lock: the foreground `ovm run` or `ovm serve`.
     LOCKS.set(hex, lockFileInMemory(tpl.memory, record.memoryBytes));
@@ -90,6 +93,7 @@ async function decodeTemplate(
   blob: string,
   tpl: SnapshotTemplate,
   record: RestoreRecord,
+  home: string,
   signal?: AbortSignal,
 ): Promise<void> {
   const layout = await readRamsnapLayout(blob);
@@ -118,7 +122,7 @@ async function decodeTemplate(
       limits: { memory: record.memoryBytes, "device-state": MAX_DEVICE_STATE },
       signal,
     });
-    await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`);
+    await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`, home);
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
@@ -129,6 +133,7 @@ async function decodeTemplate(
 async function decodeChain(
   chain: CheckedRamChain,
   tpl: SnapshotTemplate,
+  home: string,
   signal?: AbortSignal,
 ): Promise<void> {
   const free = Deno.systemMemoryInfo().available;
@@ -142,7 +147,7 @@ async function decodeChain(
   const tmp = await newTemplateDir();
   try {
     await buildChainTemplate(chain, tmp, { cache: SNAPSHOT_CACHE, signal });
-    await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`);
+    await installTemplate(tmp, `sha256:${tpl.dir.slice(-64)}`, home);
   } catch (e) {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
@@ -161,22 +166,51 @@ export async function newTemplateDir(): Promise<string> {
 
 /**
  * Moves a directory holding `memory` and `device-state` into the cache as
- * the template of ramsnap blob `digest` (or drops it when one is there).
+ * the template of ramsnap blob `digest` (or drops it when one is there),
+ * marked as used by `home`: the marker is in place before the template is
+ * visible, so no 'ovm gc' ever sees it unclaimed.
  */
-export async function installTemplate(tmp: string, digest: string): Promise<void> {
+export async function installTemplate(tmp: string, digest: string, home: string): Promise<void> {
   // QEMU 7.2 opens a private memory file read-write (it has no read-only
   // RAM backend that stays writable for the guest): the snapshot's group
   // may open it, and its mapping is MAP_PRIVATE so no write reaches it.
   await Deno.chmod(join(tmp, "memory"), 0o660);
   if (Deno.uid() === 0) await Deno.chown(join(tmp, "memory"), 0, snapshotGid(digest));
   const dir = join(SNAPSHOT_CACHE, digest.replace(/^sha256:/, ""));
+  await Deno.mkdir(join(tmp, "homes"), { mode: 0o700 });
+  await Deno.writeTextFile(join(tmp, "homes", homeMarker(home)), resolve(home) + "\n");
   try {
-    await Deno.rename(tmp, dir);
+    await Deno.rename(tmp, dir).catch(async (e) => {
+      // A directory without its files (left by an older ovm) is moved aside once.
+      if (await exists(join(dir, "device-state")) || !(await exists(dir))) throw e;
+      const stale = join(SNAPSHOT_CACHE, `.tmp-stale-${crypto.randomUUID()}`);
+      await Deno.rename(dir, stale).catch(() => {});
+      await Deno.remove(stale, { recursive: true }).catch(() => {});
+      await Deno.rename(tmp, dir);
+    });
   } catch (e) {
     // Another ovm decoded the same snapshot first: use theirs.
     if (!(await exists(join(dir, "device-state")))) throw e;
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    await markTemplateUser(digest, home);
   }
+}
+
+/**
+ * How long a template stays after its last use even when no home claims it:
+ * a restore marks its template and then QEMU opens it, and an 'ovm gc' of
+ * another home must not fall between the two.
+ */
+export const TEMPLATE_GRACE_MS = 5 * 60_000;
+
+/** The newest time the template in `dir` was installed, or marked by one of `markers`. */
+async function lastUse(dir: string, markers: string[]): Promise<number> {
+  let newest = 0;
+  for (const p of [dir, ...markers.map((m) => join(dir, "homes", m))]) {
+    const st = await Deno.stat(p).catch(() => null);
+    newest = Math.max(newest, st?.mtime?.getTime() ?? 0);
+  }
+  return newest;
 }
 
 /** Removes a decoded snapshot from the tmpfs cache (its running clones keep their mappings). */
@@ -208,7 +242,8 @@ async function homeExists(marker: string): Promise<boolean> {
 /** Records that `home` uses the decoded template of ramsnap `digest`. */
 export async function markTemplateUser(digest: string, home: string): Promise<void> {
   const dir = join(SNAPSHOT_CACHE, digest.replace(/^sha256:/, ""), "homes");
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 }).catch(() => {});
+  // Not recursive: marking a template that is gone must not leave a stub of it.
+  await Deno.mkdir(dir, { mode: 0o700 }).catch(() => {});
   await Deno.writeTextFile(join(dir, homeMarker(home)), resolve(home) + "\n").catch(() => {});
 }
 
@@ -250,6 +285,10 @@ export async function pruneTemplates(
     if (users.some((u) => u !== mine)) {
       // Another home still uses it: only this home lets go.
       if (!options.dryRun) await Deno.remove(join(homes, mine)).catch(() => {});
+      continue;
+    }
+    // Used a moment ago: a restore may be between marking it and mapping it.
+    if (Date.now() - await lastUse(join(SNAPSHOT_CACHE, e.name), users) < TEMPLATE_GRACE_MS) {
       continue;
     }
     for (const f of ["memory", "device-state"]) {
