@@ -122,9 +122,22 @@ async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 120_0
 }
 
 async function iperf(host: string, port: number): Promise<number> {
+  // A one-second test until one passes: slirp's hostfwd accepts a connection before the
+  // guest listens, so a bare connect proves nothing (and busybox nc has no -z).
   await until(
     `iperf3 on ${host}:${port}`,
-    async () => (await inNs("busybox", ["nc", "-z", "-w", "1", host, String(port)])).code === 0,
+    async () =>
+      (await inNs("iperf3", [
+        "-c",
+        host,
+        "-p",
+        String(port),
+        "-t",
+        "1",
+        "--connect-timeout",
+        "1000",
+      ]))
+        .code === 0,
   );
   const r = await inNs("iperf3", ["-c", host, "-p", String(port), "-t", String(SECONDS), "-J"]);
   if (r.code !== 0) throw new Error(`iperf3: ${r.stdout.slice(-500)} ${r.stderr}`);
