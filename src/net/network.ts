@@ -420,6 +420,15 @@ export interface AttachOptions {
    * its own, and must not teach the bridge that the source's MAC lives on it.
    */
   standby?: boolean;
+  /**
+   * The address the guest already uses and keeps (a clone restored by a VMM
+   * that cannot give its guest a new identity, spec 8.4): leased as is, with
+   * its MAC, or refused when another instance holds it or the network's
+   * subnet does not contain it. Without it, the lowest free address.
+   */
+  address?: string;
+  /** The hint of the refusal of a held `address` (why the address cannot change). */
+  addressHint?: string;
 }
 
 /** What a guest NIC on a bridge network is: the host's TAP and the guest's identity. */
@@ -488,6 +497,38 @@ async function checkPorts(state: NetState, instance: string, publish: PortMappin
   }
 }
 
+function networkHolding(state: NetState, address: string): string | undefined {
+  const addr = { base: parseAddr(address), prefix: 32 };
+  return state.networks.find((n) => overlaps(parseSubnet(n.subnet), addr))?.name;
+}
+
+/** A fixed address for `instance`: inside the subnet and held by no other instance. */
+function pin(
+  state: NetState,
+  rec: NetworkRecord,
+  instance: string,
+  options: { address: string; hint?: string },
+): number {
+  const subnet = parseSubnet(rec.subnet);
+  const addr = parseAddr(options.address);
+  if (addr <= gatewayOf(subnet) || addr >= lastAddr(subnet)) {
+    throw new ConflictError(
+      `Address ${options.address} is not a guest address of network "${rec.name}" (${rec.subnet})`,
+      { hint: options.hint ?? `use a network whose subnet holds ${options.address}` },
+    );
+  }
+  const holder = state.leases.find((l) =>
+    l.network === rec.name && l.address === options.address && l.instance !== instance
+  );
+  if (holder) {
+    throw new ConflictError(
+      `Address ${options.address} on network "${rec.name}" is already held by instance "${holder.instance}"`,
+      { hint: options.hint ?? `remove that instance first ('ovm rm ${holder.instance}')` },
+    );
+  }
+  return addr;
+}
+
 function allocate(state: NetState, rec: NetworkRecord): number {
   const subnet = parseSubnet(rec.subnet);
   const used = new Set(state.leases.filter((l) => l.network === rec.name).map((l) => l.address));
@@ -543,11 +584,14 @@ export async function attachInstance(
   instance: string,
   options: AttachOptions = {},
 ): Promise<Attachment> {
-  const name = assertNetworkName(options.network ?? DEFAULT_NETWORK);
+  const asked = options.network === undefined ? undefined : assertNetworkName(options.network);
   const nic = options.nic ?? 0;
   const publish = options.publish ?? [];
   const dns = await hostNameserver();
   return await withState(home, async (state, save) => {
+    // A kept address names its network: the one whose subnet holds it.
+    const name = asked ?? (options.address ? networkHolding(state, options.address) : undefined) ??
+      DEFAULT_NETWORK;
     let rec = state.networks.find((n) => n.name === name);
     if (!rec) {
       if (name !== DEFAULT_NETWORK) throw notFound(name);
@@ -566,8 +610,16 @@ export async function attachInstance(
         { hint: "remove the instance first ('ovm rm')" },
       );
     }
+    if (lease && options.address && lease.address !== options.address) {
+      throw new ConflictError(
+        `Instance "${instance}" holds ${lease.address} on network "${name}", not ${options.address}`,
+        { hint: "remove the instance first ('ovm rm')" },
+      );
+    }
     if (!lease) {
-      const addr = allocate(state, rec);
+      const addr = options.address
+        ? pin(state, rec, instance, { address: options.address, hint: options.addressHint })
+        : allocate(state, rec);
       lease = {
         network: name,
         address: formatAddr(addr),

@@ -7,6 +7,7 @@
  * everything made for it is gone, so an address is never handed out twice —
  * not even across a kill -9 — and every leftover has a record naming it.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { join } from "node:path";
 import { z } from "zod";
 import { ValidationError } from "../errors.ts";
@@ -95,19 +96,34 @@ export async function peekState(home: string): Promise<NetState> {
   return await readState(netPaths(home).state);
 }
 
+/** The lock this call chain holds, per state file: a nested {@linkcode withState} joins it. */
+const held = new AsyncLocalStorage<
+  Map<string, { state: NetState; save: () => Promise<void> }>
+>();
+
 /**
  * Runs `fn` with the state under the exclusive lock. `fn` gets a `save`
  * that makes the current value durable before it returns, so `fn` can
  * record intent before it touches the host and record the result after.
+ *
+ * Reentrant within one call chain: `ovm gc` asks, under the lock, whether
+ * each leased instance still runs, and looking at an instance whose VM died
+ * detaches it, which takes the lock again. A second `flock` on a new open
+ * file description would wait for the first forever; the nested call
+ * shares the held lock and the same in-memory state instead.
  */
 export async function withState<T>(
   home: string,
   fn: (state: NetState, save: () => Promise<void>) => Promise<T>,
 ): Promise<T> {
   const p = netPaths(home);
+  const outer = held.getStore()?.get(p.state);
+  if (outer) return await fn(outer.state, outer.save);
   await Deno.mkdir(p.dir, { recursive: true, mode: 0o700 });
   using lock = await Deno.open(p.lock, { read: true, write: true, create: true });
   await lock.lock(true);
   const state = await readState(p.state);
-  return await fn(state, () => writeJsonAtomic(p.state, state, { mode: 0o600 }));
+  const save = () => writeJsonAtomic(p.state, state, { mode: 0o600 });
+  const mine = new Map(held.getStore() ?? []).set(p.state, { state, save });
+  return await held.run(mine, () => fn(state, save));
 }

@@ -35,6 +35,9 @@ export async function setupInstanceNetwork(
     runAs?: { uid: number; gid: number };
     /** A restored clone: its TAPs join the bridge once its guest took its identity. */
     standby?: boolean;
+    /** A clone that keeps its snapshot's address ({@linkcode keptGuestAddress}). */
+    address?: string;
+    addressHint?: string;
   },
 ): Promise<InstanceNetwork> {
   const { mode, publish } = options;
@@ -57,6 +60,8 @@ export async function setupInstanceNetwork(
     runAs: options.runAs,
     publish,
     standby: options.standby,
+    address: options.address,
+    addressHint: options.addressHint,
   });
   const address = `${att.address}/${att.prefix}`;
   return {
@@ -70,6 +75,16 @@ export async function setupInstanceNetwork(
       addresses: [{ network: att.network, address: att.address, mac: att.mac }],
     },
   };
+}
+
+/**
+ * The address a bridge-mode guest was booted with, from its kernel command
+ * line (`ovms.net=ADDR/PREFIX,GATEWAY[,DNS]`, spec 7.6.5): what a restored
+ * clone keeps when its VMM cannot hand it a new identity (spec 8.4).
+ */
+export function keptGuestAddress(cmdline: string): string | undefined {
+  const m = /(?:^|\s)ovms\.net=(\d+\.\d+\.\d+\.\d+)\/\d+(?:,|\s|$)/.exec(cmdline);
+  return m?.[1];
 }
 
 /**

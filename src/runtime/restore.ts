@@ -33,6 +33,7 @@ import { exists } from "../util/fs.ts";
 import {
   type InstanceNetwork,
   joinWhenIdentified,
+  keptGuestAddress,
   releaseInstanceNetwork,
   setupInstanceNetwork,
 } from "./net.ts";
@@ -44,6 +45,29 @@ function mismatch(field: string, recorded: unknown, now: unknown, hint?: string)
     `The snapshot cannot be restored here: ${field} is "${now}", the snapshot recorded "${recorded}"`,
     { hint: hint ?? "restore with the recorded value, or boot the base artifact cold" },
   );
+}
+
+/**
+ * A bridge clone on a VMM that cannot give its guest a new identity (no
+ * `capabilities.guestIdentity`): the guest keeps the snapshot's MAC and
+ * address, so the clone leases exactly that address, and a second holder of
+ * it on the network (the source, another clone) is refused (spec 8.4).
+ */
+function keptIdentity(record: RestoreRecord): { address: string; addressHint: string } {
+  const address = keptGuestAddress(record.cmdline);
+  if (!address) {
+    throw new ConflictError(
+      `The snapshot's guest address is unknown: its command line has no "ovms.net=ADDRESS/PREFIX"`,
+      { hint: "snapshot an instance that ovm started with --net bridge" },
+    );
+  }
+  return {
+    address,
+    addressHint: `a ${record.vmm} clone keeps its snapshot's MAC and address on the ` +
+      `snapshot's network (${record.vmm} cannot give a restored guest a new identity): ` +
+      "remove the instance holding it ('ovm rm -f'), or snapshot on QEMU, whose clones get " +
+      "addresses of their own",
+  };
 }
 
 /** Refuses start options that contradict what the snapshot recorded. */
@@ -307,13 +331,16 @@ export async function restoreInstance(
       if (record.network === "bridge") {
         // Only a guest that is told its identity can be waited for.
         standby = (await restoringAdapter(record)).capabilities.guestIdentity === true;
-        // A clone: its own lease and TAP, pushed into the guest by the identity document.
+        // A clone: its own lease and TAP, pushed into the guest by the identity document;
+        // without one, the lease of the address the guest keeps, refused while it is held.
+        const kept = standby ? undefined : keptIdentity(record);
         const user = vmmUser(store.paths.home, id);
         network = await setupInstanceNetwork(store.paths.home, id, {
           mode: "bridge",
           network: options.network,
           publish,
           standby,
+          ...kept,
           runAs: user
             ? { uid: user.uid, gid: snapshotGid(artifact.manifest.ramSnapshot!.ref) }
             : undefined,

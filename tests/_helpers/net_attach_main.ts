@@ -18,6 +18,7 @@ try {
       publish: req.publish,
       runAs: req.runAs,
       nic: req.nic,
+      address: req.address,
     });
   } else if (req.op === "detach") {
     out = await detachInstance(home, req.instance, { release: req.release });

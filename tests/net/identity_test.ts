@@ -7,6 +7,7 @@ import { IDENTITY_SIZE } from "../../src/vmm/adapter.ts";
 import { parseNetFlag } from "../../src/runtime/mod.ts";
 import { ValidationError } from "../../src/errors.ts";
 import { macFor, parseAddr, parseSubnet, tapName } from "../../src/net/mod.ts";
+import { keptGuestAddress } from "../../src/runtime/net.ts";
 
 Deno.test("the identity document has a fixed size, the generation first, and one line per NIC", () => {
   const doc = identityDocument({
@@ -66,5 +67,15 @@ Deno.test("MACs follow addresses, TAP names fit IFNAMSIZ, and subnets are checke
   assert.deepEqual(parseSubnet("10.89.0.0/24"), { base: parseAddr("10.89.0.0"), prefix: 24 });
   for (const bad of ["10.89.0.0", "10.89.0.0/31", "10.89.0.0/4", "300.1.1.0/24", "10.89.0.1/24"]) {
     assert.throws(() => parseSubnet(bad), ValidationError, bad);
+  }
+});
+
+Deno.test("a clone that keeps its identity reads the snapshot's address from the recorded ovms.net=", () => {
+  const kept = (c: string) => keptGuestAddress(c);
+  assert.equal(kept("console=ttyS0 ovms.net=10.89.0.2/24,10.89.0.1,9.9.9.9 quiet"), "10.89.0.2");
+  assert.equal(kept("ovms.net=10.90.0.7/16,10.90.0.1"), "10.90.0.7");
+  assert.equal(kept("ovms.net=10.90.0.7/16"), "10.90.0.7");
+  for (const none of ["ovms.net=none", "ovms.net=dhcp", "console=ttyS0", "xovms.net=10.1.1.1/24"]) {
+    assert.equal(kept(none), undefined, none);
   }
 });

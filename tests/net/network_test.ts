@@ -488,3 +488,66 @@ Deno.test(
     ]);
   },
 );
+
+Deno.test(
+  "attach with a kept address leases exactly it on the network that holds it, and refuses it while another instance holds it",
+  opts,
+  async () => {
+    await using ns = await netns();
+    await using home = await tempDir();
+    ok(await ns.ovm(home.path, ["network", "create", "--subnet", "10.95.0.0/24", "back"]));
+    ok(await ns.ovm(home.path, ["network", "create", "--subnet", "10.96.0.0/24", "other"]));
+    for (const id of ["src", "k1", "k2"]) await mkInstance(home.path, id);
+    const src = JSON.parse(
+      ok(await ns.net(home.path, { op: "attach", instance: "src", network: "back" })),
+    );
+    assert.equal(src.address, "10.95.0.2");
+    const before = (await links(ns)).map((l) => l.ifname).sort();
+
+    // The source holds 10.95.0.2: a clone that must keep it is refused, with nothing made.
+    const held = await ns.net(home.path, { op: "attach", instance: "k1", address: "10.95.0.2" });
+    assert.equal(held.code, 1);
+    assert.match(
+      JSON.parse(held.stdout).error,
+      /Address 10\.95\.0\.2 on network "back" is already held by instance "src"/,
+    );
+    // On a network whose subnet does not hold it, also refused.
+    const elsewhere = await ns.net(home.path, {
+      op: "attach",
+      instance: "k1",
+      network: "other",
+      address: "10.95.0.2",
+    });
+    assert.equal(elsewhere.code, 1);
+    assert.match(
+      JSON.parse(elsewhere.stdout).error,
+      /Address 10\.95\.0\.2 is not a guest address of network "other" \(10\.96\.0\.0\/24\)/,
+    );
+    assert.deepEqual((await links(ns)).map((l) => l.ifname).sort(), before);
+    assert.deepEqual(
+      (await state(home.path)).leases.map((l: { instance: string }) => l.instance),
+      ["src"],
+    );
+
+    // Once the source is gone, the first clone takes the address and its MAC (on "back",
+    // found from the address); a second one is refused, naming the first.
+    ok(await ns.net(home.path, { op: "detach", instance: "src", release: true }));
+    const k1 = JSON.parse(
+      ok(await ns.net(home.path, { op: "attach", instance: "k1", address: "10.95.0.2" })),
+    );
+    assert.deepEqual([k1.network, k1.address, k1.mac], ["back", "10.95.0.2", src.mac]);
+    assert.equal((await links(ns)).find((l) => l.ifname === k1.tap)?.master, "back");
+    const k2 = await ns.net(home.path, { op: "attach", instance: "k2", address: "10.95.0.2" });
+    assert.equal(k2.code, 1);
+    assert.match(JSON.parse(k2.stdout).error, /already held by instance "k1"/);
+    assert.deepEqual(
+      (await state(home.path)).leases.map((l: { instance: string }) => l.instance),
+      ["k1"],
+    );
+    // Without a kept address, k2 gets the next free one as usual.
+    const k2b = JSON.parse(
+      ok(await ns.net(home.path, { op: "attach", instance: "k2", network: "back" })),
+    );
+    assert.equal(k2b.address, "10.95.0.3");
+  },
+);
