@@ -162,3 +162,35 @@ export async function pooledQemus(home: string): Promise<number[]> {
   }
   return out;
 }
+
+/** The names in the host-wide template cache. */
+export async function cacheEntries(): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(SNAPSHOT_CACHE)) out.push(e.name);
+  } catch { /* none */ }
+  return out.sort();
+}
+
+/**
+ * Nothing of a refused decode stays in the host-wide cache: no template of
+ * `hexes`, and no temp directory that was not there `before` outlives the
+ * wait (other tests decode their own snapshots into the cache meanwhile, so
+ * the listing as a whole is not compared).
+ */
+export async function assertNoDecodeLeft(before: string[], hexes: string[]): Promise<void> {
+  const now = await cacheEntries();
+  for (const h of hexes) {
+    if (now.includes(h)) throw new Error(`template ${h} was left in ${SNAPSHOT_CACHE}`);
+  }
+  const fresh = now.filter((e) => e.startsWith(".tmp-") && !before.includes(e));
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const still = (await cacheEntries()).filter((e) => fresh.includes(e));
+    if (!still.length) return;
+    if (Date.now() > deadline) {
+      throw new Error(`temp directories ${still.join(", ")} were left in ${SNAPSHOT_CACHE}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
