@@ -61,6 +61,15 @@ async function timeCtr(
   return { first, exit: performance.now() - t0, code: st.code };
 }
 
+/** `ctr run` of the counting snapshot (through the pool when `ovm serve` answers), to its first count. */
+function snapshotTask(c: TestContainerd, id: string) {
+  const args = ["run", "--rm", "--runtime", "io.containerd.ovm.v2"];
+  args.push("--annotation", "io.ovms.artifact=bench/counter:warm", TEST_IMAGE, id, "/bin/true");
+  return timeCtr(c, args, /count \d+/, async () => {
+    await c.ctr("task", "kill", "--signal", "SIGKILL", id);
+  });
+}
+
 function stats(xs: number[]): string {
   const s = [...xs].sort((a, b) => a - b);
   const med = s[Math.floor(s.length / 2)];
@@ -120,28 +129,7 @@ try {
         /first/,
       ),
     );
-    const id = `b-snap-${i}`;
-    add(
-      "ovm-snapshot",
-      await timeCtr(
-        c,
-        [
-          "run",
-          "--rm",
-          "--runtime",
-          "io.containerd.ovm.v2",
-          "--annotation",
-          "io.ovms.artifact=bench/counter:warm",
-          TEST_IMAGE,
-          id,
-          "/bin/true",
-        ],
-        /count \d+/,
-        async () => {
-          await c.ctr("task", "kill", "--signal", "SIGKILL", id);
-        },
-      ),
-    );
+    add("ovm-snapshot", await snapshotTask(c, `b-snap-${i}`));
   }
   // The warm pool last: while `ovm serve` answers, every snapshot task goes through it.
   const serve = new Deno.Command(Deno.execPath(), {
@@ -169,28 +157,7 @@ try {
         timeoutMs: 180_000,
         what: "the warm pool to hold a prepared VM",
       });
-      const id = `b-pool-${i}`;
-      add(
-        "ovm-pool",
-        await timeCtr(
-          c,
-          [
-            "run",
-            "--rm",
-            "--runtime",
-            "io.containerd.ovm.v2",
-            "--annotation",
-            "io.ovms.artifact=bench/counter:warm",
-            TEST_IMAGE,
-            id,
-            "/bin/true",
-          ],
-          /count \d+/,
-          async () => {
-            await c.ctr("task", "kill", "--signal", "SIGKILL", id);
-          },
-        ),
-      );
+      add("ovm-pool", await snapshotTask(c, `b-pool-${i}`));
     }
   } finally {
     serve.kill("SIGTERM");

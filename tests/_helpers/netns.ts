@@ -90,3 +90,15 @@ export async function waitFor(
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** The stdout of a command that must succeed; else an error with its exit code and output. */
+export function ok(r: { code: number; stdout: string; stderr: string }): string {
+  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** The namespace's interface names but lo, sorted. */
+export async function linkNames(ns: Netns): Promise<string[]> {
+  return (await ns.ipJson<{ ifname: string }>(["link", "show"])).map((l) => l.ifname)
+    .filter((n) => n !== "lo").sort();
+}

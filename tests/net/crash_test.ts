@@ -7,23 +7,13 @@
  */
 import * as assert from "node:assert/strict";
 import { join } from "node:path";
-import { type Netns, netns, waitFor } from "../_helpers/netns.ts";
+import { linkNames, type Netns, netns, ok, waitFor } from "../_helpers/netns.ts";
 import { webHome } from "../_helpers/net_vm.ts";
 import { tapName } from "../../src/net/mod.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 /** Instance ids name host-wide files (/dev/shm/ovm-<id>-ram): unique per run. */
 const SFX = crypto.getRandomValues(new Uint32Array(1))[0].toString(36).slice(0, 5);
-
-function ok(r: { code: number; stdout: string; stderr: string }): string {
-  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r.stdout;
-}
-
-async function links(ns: Netns): Promise<string[]> {
-  return (await ns.ipJson<{ ifname: string }>(["link", "show"])).map((l) => l.ifname)
-    .filter((n) => n !== "lo").sort();
-}
 
 async function leases(ns: Netns, home: string): Promise<string[]> {
   const net = JSON.parse(ok(await ns.ovm(home, ["network", "inspect", "ovm0", "--json"])));
@@ -54,7 +44,7 @@ Deno.test(
     assert.equal((await run(k1, "after-lease")).code, 137);
     assert.equal((await run(k2, "after-tap")).code, 137);
     assert.deepEqual(await leases(ns, h.home), [`${k1} 10.89.0.2`, `${k2} 10.89.0.3`]);
-    assert.deepEqual(await links(ns), ["ovm0", tapName(h.home, k2, 0)].sort());
+    assert.deepEqual(await linkNames(ns), ["ovm0", tapName(h.home, k2, 0)].sort());
     // The instances are there, in error: their ovm died while starting them.
     const ps = JSON.parse(ok(await ns.ovm(h.home, ["ps", "-a", "--json"])));
     for (const id of [k1, k2]) {
@@ -69,7 +59,7 @@ Deno.test(
     // gc: the TAP of an instance that is not running goes; its address stays while it exists.
     const gc = JSON.parse(ok(await ns.ovm(h.home, ["gc", "--json"])));
     assert.deepEqual(gc.network.links, [tapName(h.home, k2, 0)]);
-    assert.deepEqual(await links(ns), ["ovm0"]);
+    assert.deepEqual(await linkNames(ns), ["ovm0"]);
     assert.equal((await leases(ns, h.home)).length, 3);
     // rm releases the address; an instance directory lost with its ovm is reclaimed by prune.
     ok(await ns.ovm(h.home, ["rm", "-f", k1]));
@@ -78,7 +68,7 @@ Deno.test(
     const pruned = JSON.parse(ok(await ns.ovm(h.home, ["network", "prune", "--json"])));
     assert.deepEqual(pruned.leases.map((l: { instance: string }) => l.instance).sort(), [k2, k3]);
     assert.deepEqual(pruned.networks, ["ovm0"]);
-    assert.deepEqual(await links(ns), []);
+    assert.deepEqual(await linkNames(ns), []);
     assert.deepEqual(await ns.nftTables(), []);
   },
 );
@@ -104,7 +94,7 @@ Deno.test(
       ]),
     );
     const tap = tapName(h.home, id, 0);
-    assert.deepEqual(await links(ns), ["ovm0", tap].sort());
+    assert.deepEqual(await linkNames(ns), ["ovm0", tap].sort());
     assert.equal((await ns.nftTables()).length, 2);
     await waitFor(
       "the published port",
@@ -125,10 +115,10 @@ Deno.test(
         return true;
       }
     });
-    assert.deepEqual(await links(ns), ["ovm0", tap].sort());
+    assert.deepEqual(await linkNames(ns), ["ovm0", tap].sort());
     const gc = JSON.parse(ok(await ns.ovm(h.home, ["gc", "--json"])));
     assert.deepEqual(gc.network.leases, []);
-    assert.deepEqual(await links(ns), ["ovm0"]);
+    assert.deepEqual(await linkNames(ns), ["ovm0"]);
     assert.equal((await ns.nftTables()).length, 1);
     const st = JSON.parse(ok(await ns.ovm(h.home, ["ps", "-a", "--json"])))
       .find((s: { id: string }) => s.id === id);

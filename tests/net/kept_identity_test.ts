@@ -10,7 +10,7 @@
 import * as assert from "node:assert/strict";
 import { join } from "node:path";
 import { tempDir } from "../_helpers/cli.ts";
-import { netns } from "../_helpers/netns.ts";
+import { netns, ok } from "../_helpers/netns.ts";
 import { killAll } from "../_helpers/runtime.ts";
 import { fakeBin, packFakeArtifact, readCallLog } from "../_helpers/vmm_runtimes.ts";
 import { dropTemplate } from "../../src/runtime/mod.ts";
@@ -20,11 +20,6 @@ import { tapName } from "../../src/net/mod.ts";
 const opts = { sanitizeOps: false, sanitizeResources: false };
 /** Instance ids name host-wide files (/dev/shm/ovm-<id>-ram): unique per run. */
 const SFX = crypto.getRandomValues(new Uint32Array(1))[0].toString(36).slice(0, 5);
-
-function ok(r: { code: number; stdout: string; stderr: string }): string {
-  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r.stdout;
-}
 
 for (const runtime of ["cloud-hypervisor", "firecracker"]) {
   Deno.test(

@@ -7,7 +7,7 @@
 import * as assert from "node:assert/strict";
 import { join } from "node:path";
 import { tempDir } from "../_helpers/cli.ts";
-import { type Netns, netns, waitFor } from "../_helpers/netns.ts";
+import { type Netns, netns, ok, waitFor } from "../_helpers/netns.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
@@ -28,11 +28,6 @@ async function state(home: string) {
   } catch {
     return { networks: [], leases: [] };
   }
-}
-
-function ok(r: { code: number; stdout: string; stderr: string }): string {
-  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r.stdout;
 }
 
 async function mkInstance(home: string, id: string): Promise<void> {

@@ -7,7 +7,7 @@
 import * as assert from "node:assert/strict";
 import { join } from "node:path";
 import { tempDir } from "../_helpers/cli.ts";
-import { type Netns, netns } from "../_helpers/netns.ts";
+import { linkNames, netns, ok } from "../_helpers/netns.ts";
 import { killAll } from "../_helpers/runtime.ts";
 import { fakeBin, packFakeArtifact } from "../_helpers/vmm_runtimes.ts";
 import { dropTemplate } from "../../src/runtime/mod.ts";
@@ -15,16 +15,6 @@ import { ContentStore, loadArtifact } from "../../src/store/mod.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 const SFX = crypto.getRandomValues(new Uint32Array(1))[0].toString(36).slice(0, 5);
-
-function ok(r: { code: number; stdout: string; stderr: string }): string {
-  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r.stdout;
-}
-
-async function links(ns: Netns): Promise<string[]> {
-  return (await ns.ipJson<{ ifname: string }>(["link", "show"])).map((l) => l.ifname)
-    .filter((n) => n !== "lo").sort();
-}
 
 Deno.test(
   "a VMM that fails after the network setup leaves no lease, TAP, port table or instance, on a boot and on a restore",
@@ -69,7 +59,7 @@ Deno.test(
       assert.equal(boot.code, 1, boot.stderr);
       assert.match(boot.stderr, /no KVM here/);
       assert.deepEqual(await leases(), []);
-      assert.deepEqual(await links(ns), ["ovm0"]);
+      assert.deepEqual(await linkNames(ns), ["ovm0"]);
       assert.equal((await ns.nftTables()).length, 1);
       await gone(a);
 
@@ -83,7 +73,7 @@ Deno.test(
       assert.equal(restore.code, 1, restore.stderr);
       assert.match(restore.stderr, /bad snapshot/);
       assert.deepEqual(await leases(), []);
-      assert.deepEqual(await links(ns), ["ovm0"]);
+      assert.deepEqual(await linkNames(ns), ["ovm0"]);
       assert.equal((await ns.nftTables()).length, 1);
       await gone(c);
     } finally {

@@ -6,7 +6,7 @@
  */
 import * as assert from "node:assert/strict";
 import { join } from "node:path";
-import { type Netns, netns, waitFor } from "../_helpers/netns.ts";
+import { linkNames, type Netns, netns, ok, waitFor } from "../_helpers/netns.ts";
 import { webHome } from "../_helpers/net_vm.ts";
 import { tempDir } from "../_helpers/cli.ts";
 import { OvmsClient } from "../../src/api/mod.ts";
@@ -19,11 +19,6 @@ const SFX = crypto.getRandomValues(new Uint32Array(1))[0].toString(36).slice(0, 
 const A = `a-${SFX}`, B = `b-${SFX}`, C = `c-${SFX}`;
 const SRC = `src-${SFX}`, C1 = `c1-${SFX}`, C2 = `c2-${SFX}`;
 
-function ok(r: { code: number; stdout: string; stderr: string }): string {
-  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r.stdout;
-}
-
 async function consoleOf(home: string, id: string): Promise<string> {
   return await Deno.readTextFile(join(home, "instances", id, "vm", "console.log")).catch(() => "");
 }
@@ -32,11 +27,6 @@ async function consoleOf(home: string, id: string): Promise<string> {
 async function get(ns: Netns, url: string): Promise<string | undefined> {
   const r = await ns.exec("curl", ["-sS", "--max-time", "10", url]);
   return r.code === 0 ? r.stdout : undefined;
-}
-
-async function links(ns: Netns): Promise<string[]> {
-  return (await ns.ipJson<{ ifname: string }>(["link", "show"])).map((l) => l.ifname)
-    .filter((n) => n !== "lo").sort();
 }
 
 Deno.test(
@@ -116,7 +106,7 @@ Deno.test(
     assert.equal(await get(ns, "http://10.89.0.1:18090/"), "hello from the guest\n");
     assert.equal(await get(ns, "http://10.89.0.2/"), "hello from the guest\n");
     // The TAP belongs to the VMM's own uid, not root.
-    const tap = (await links(ns)).find((l) => l.startsWith("ovt"))!;
+    const tap = (await linkNames(ns)).find((l) => l.startsWith("ovt"))!;
     const detail = (await ns.exec("ip", ["-d", "link", "show", "dev", tap])).stdout;
     assert.match(detail, /tun type tap .*user (\d+)/);
     assert.notEqual(Number(/user (\d+)/.exec(detail)![1]), 0);
@@ -161,11 +151,11 @@ Deno.test(
 
     // Stop: TAP and port rules go, the address stays; rm releases it.
     ok(await ns.ovm(h.home, ["stop", A]));
-    assert.equal((await links(ns)).filter((l) => l.startsWith("ovt")).length, 1);
+    assert.equal((await linkNames(ns)).filter((l) => l.startsWith("ovt")).length, 1);
     assert.equal(await get(ns, "http://127.0.0.1:18080/"), undefined);
     assert.equal((await ns.nftTables()).length, 1);
     ok(await ns.ovm(h.home, ["rm", "-f", A, B]));
-    assert.deepEqual(await links(ns), ["ovm0"]);
+    assert.deepEqual(await linkNames(ns), ["ovm0"]);
     const net = JSON.parse(ok(await ns.ovm(h.home, ["network", "inspect", "ovm0", "--json"])));
     assert.deepEqual(net.leases, []);
   },
@@ -249,7 +239,7 @@ Deno.test(
       );
     }
     ok(await ns.ovm(h.home, ["rm", "-f", SRC, C1, C2]));
-    assert.deepEqual(await links(ns), ["ovm0"]);
+    assert.deepEqual(await linkNames(ns), ["ovm0"]);
   },
 );
 
@@ -314,7 +304,7 @@ Deno.test(
         /overrides\.net/,
       );
       await client.remove(id, { force: true });
-      assert.deepEqual(await links(ns), ["ovm0"]);
+      assert.deepEqual(await linkNames(ns), ["ovm0"]);
     } finally {
       try {
         server.kill("SIGTERM");
