@@ -12,10 +12,12 @@ import { type Command, str } from "./command.ts";
 const installCommand: Command = {
   name: "install",
   summary: "Write the containerd-shim-ovm-v2 launcher",
-  usage: "shim install [--dir DIR] [--json]",
+  usage: "shim install [--dir DIR] [--net none|user|bridge[=NETWORK]] [--json]",
   description: "containerd runs runtime io.containerd.ovm.v2 as containerd-shim-ovm-v2 from its " +
     "PATH. The launcher runs this ovm (the compiled binary, or deno with this checkout's main.ts) " +
-    "in shim mode, with OVM_HOME set to this home unless containerd's environment sets one.",
+    "in shim mode, with OVM_HOME set to this home unless containerd's environment sets one. " +
+    "--net is the network of tasks without an io.ovms.net annotation (OVM_SHIM_NET in the " +
+    "launcher, unless containerd's environment sets it); default none.",
   options: {
     dir: {
       type: "string",
@@ -23,13 +25,28 @@ const installCommand: Command = {
       help: "Directory on containerd's PATH",
       default: "/usr/local/bin",
     },
+    net: {
+      type: "string",
+      valueName: "MODE",
+      help: "Default network of tasks: none, user or bridge[=NETWORK] (default none)",
+    },
   },
-  examples: ["ovm shim install --dir /usr/local/bin", "ctr run --runtime io.containerd.ovm.v2 ..."],
+  examples: [
+    "ovm shim install --dir /usr/local/bin",
+    "ovm shim install --net bridge=pods",
+    "ctr run --runtime io.containerd.ovm.v2 ...",
+  ],
   async run(ctx, input) {
     const dir = str(input, "dir") ?? "/usr/local/bin";
-    const path = await installLauncher(dir, { home: ctx.home });
+    const net = str(input, "net");
+    const path = await installLauncher(dir, { home: ctx.home, net });
     ctx.out.line(path);
-    ctx.out.result({ path, runtime: "io.containerd.ovm.v2", home: ctx.home });
+    ctx.out.result({
+      path,
+      runtime: "io.containerd.ovm.v2",
+      home: ctx.home,
+      ...(net ? { net } : {}),
+    });
   },
 };
 

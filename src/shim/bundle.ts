@@ -4,16 +4,25 @@
  * `rootfs/`), read into what a VM needs: the workload (process args, env,
  * cwd, user), hostname, root read-only flag, memory and CPU limits, files
  * to copy into the root (file bind mounts such as CRI's /etc/hosts), and an
- * OVMS artifact named by the `io.ovms.artifact` annotation. A field a VM
+ * OVMS artifact named by the `io.ovms.artifact` annotation, and the network
+ * named by `io.ovms.net` (or the node's default). A field a VM
  * cannot honour is refused with an error naming it (spec §13.4), never
  * silently dropped.
  */
 import { join } from "node:path";
 import { ValidationError } from "../errors.ts";
 import type { BootstrapConfig } from "../manifest/mod.ts";
+import { parseNetFlag } from "../runtime/mod.ts";
+import type { NetMode } from "../vmm/adapter.ts";
 
 /** Annotation naming an OVMS artifact to run instead of the image's root filesystem. */
 export const ARTIFACT_ANNOTATION = "io.ovms.artifact";
+
+/** Annotation choosing the task VM's network: `none`, `user`, `bridge[=NETWORK]` (`ovm run --net`). */
+export const NET_ANNOTATION = "io.ovms.net";
+
+/** The shim's environment variable holding the node's default network (`ovm shim install --net`). */
+export const NET_ENV = "OVM_SHIM_NET";
 
 /** Set by containerd's CRI plugin: `sandbox` (the Pod's pause container) or `container`. */
 export const CRI_CONTAINER_TYPE = "io.kubernetes.cri.container-type";
@@ -42,7 +51,29 @@ export interface BundlePlan {
   cpus?: number;
   copies: FileCopy[];
   artifact?: string;
+  /** The `io.ovms.net` annotation, parsed; absent: the node's default. */
+  net?: TaskNet;
   annotations: Record<string, string>;
+}
+
+export interface TaskNet {
+  mode: NetMode;
+  network?: string;
+}
+
+/**
+ * Parses a task's network choice with `ovm run --net`'s parser (same forms,
+ * same hint); `source` names where the value came from in the message.
+ */
+export function parseTaskNet(value: string, source: string): TaskNet {
+  try {
+    return parseNetFlag(value, []);
+  } catch (e) {
+    throw new ValidationError(`Invalid network "${value}" (${source})`, {
+      cause: e,
+      hint: e instanceof ValidationError && e.hint ? e.hint : "use none, user or bridge[=NETWORK]",
+    });
+  }
 }
 
 interface OciSpec {
@@ -190,6 +221,9 @@ export function planFromSpec(spec: OciSpec): BundlePlan {
     cpus,
     copies,
     artifact: annotations[ARTIFACT_ANNOTATION] || undefined,
+    ...(annotations[NET_ANNOTATION] !== undefined
+      ? { net: parseTaskNet(annotations[NET_ANNOTATION], `annotation ${NET_ANNOTATION}`) }
+      : {}),
     annotations,
   };
 }

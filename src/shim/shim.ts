@@ -18,6 +18,7 @@ import { spawn } from "../process/mod.ts";
 import { ContentStore } from "../store/mod.ts";
 import { VERSION } from "../version.ts";
 import { EventPublisher } from "./events.ts";
+import { NET_ENV, parseTaskNet } from "./bundle.ts";
 import { encodeMessage, timestamp } from "./proto/mod.ts";
 import { taskService } from "./service.ts";
 import { cleanupTask } from "./task.ts";
@@ -167,6 +168,7 @@ export async function shimServe(
     onShutdown: () => setTimeout(() => stop.abort(), 10),
     log,
     cacheDir: options.cacheDir,
+    net: Deno.env.get(NET_ENV) || undefined,
     trace: a.debug ? (s, ms) => log(`${s}: ${ms.toFixed(0)} ms`) : undefined,
   });
   const listener = Deno.listen({ transport: "unix", path: socket });
@@ -194,8 +196,15 @@ export async function shimDelete(a: ShimArgs, home: string): Promise<Uint8Array>
   });
 }
 
+export interface LauncherOptions {
+  /** `OVM_HOME` unless containerd's environment sets one. */
+  home?: string;
+  /** The node's default task network (`OVM_SHIM_NET`) unless containerd's environment sets one. */
+  net?: string;
+}
+
 /** The launcher script `ovm shim install` writes. */
-export function launcherScript(options: { home?: string } = {}): string {
+export function launcherScript(options: LauncherOptions = {}): string {
   const q = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`;
   const argv = shimSelfArgv();
   return [
@@ -203,6 +212,7 @@ export function launcherScript(options: { home?: string } = {}): string {
     "# containerd-shim-ovm-v2: written by 'ovm shim install'. containerd runs it for the",
     "# runtime io.containerd.ovm.v2; it runs ovm's shim mode (spec section 13).",
     ...(options.home ? [`[ -n "$OVM_HOME" ] || export OVM_HOME=${q(options.home)}`] : []),
+    ...(options.net ? [`[ -n "$${NET_ENV}" ] || export ${NET_ENV}=${q(options.net)}`] : []),
     `exec ${argv.map(q).join(" ")} "$@"`,
     "",
   ].join("\n");
@@ -211,8 +221,9 @@ export function launcherScript(options: { home?: string } = {}): string {
 /** Writes the launcher as `<dir>/containerd-shim-ovm-v2` (atomically, mode 0755). */
 export async function installLauncher(
   dir: string,
-  options: { home?: string } = {},
+  options: LauncherOptions = {},
 ): Promise<string> {
+  if (options.net) parseTaskNet(options.net, "ovm shim install --net");
   const path = join(dir, "containerd-shim-ovm-v2");
   await Deno.mkdir(dir, { recursive: true });
   const tmp = `${path}.tmp-${Deno.pid}`;

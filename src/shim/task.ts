@@ -9,7 +9,10 @@
  * SIGKILL kills the VMM, any other signal asks the guest to stop (ovms-init
  * forwards the image's stop signal to the workload) and forces it after the
  * grace period. A checkpoint is a RAM snapshot of the VM; a task created from
- * one restores it (spec §13.6).
+ * one restores it (spec §13.6). A task's VM joins the network its
+ * `io.ovms.net` annotation names, else the node's default (`OVM_SHIM_NET`),
+ * else none (spec §13.7); deleting the task removes the instance, which
+ * releases its lease, TAP and port rules.
  */
 import { join } from "node:path";
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
@@ -30,7 +33,14 @@ import {
   waitInstance,
 } from "../runtime/mod.ts";
 import { type ContentStore, loadArtifact } from "../store/mod.ts";
-import { ARTIFACT_ANNOTATION, CRI_CONTAINER_TYPE, readBundle } from "./bundle.ts";
+import {
+  ARTIFACT_ANNOTATION,
+  CRI_CONTAINER_TYPE,
+  NET_ENV,
+  parseTaskNet,
+  readBundle,
+  type TaskNet,
+} from "./bundle.ts";
 import {
   buildTaskArtifact,
   copyFilesIn,
@@ -71,6 +81,11 @@ export interface TaskOptions {
   /** Boot watchdog passed to the runtime. Default 120 s (TCG is slow). */
   bootTimeoutMs?: number;
   cacheDir?: string;
+  /**
+   * The node's default network for tasks without an `io.ovms.net` annotation
+   * (`none`, `user`, `bridge[=NETWORK]`; the shim reads `$OVM_SHIM_NET`). Default none.
+   */
+  net?: string;
   log?: (msg: string) => void;
   trace?: (step: string, ms: number) => void;
 }
@@ -277,6 +292,8 @@ export class VmTask {
   /** Restored from a containerd checkpoint: `ref` is the snapshot, started by the shim. */
   #restored = false;
   #sandbox = false;
+  /** The VM's network; undefined: what the artifact or snapshot records. */
+  #net?: TaskNet;
   #server?: OvmsClient;
   #stdin?: StdinPump;
   #onExit?: (t: VmTask) => void;
@@ -303,6 +320,8 @@ export class VmTask {
     // containerd's ids are unique per namespace: an instance by this name is a leftover.
     await removeInstance(store.paths.home, task.instanceId, { force: true }).catch(() => {});
     const plan = await readBundle(input.bundle);
+    // Checked before anything is built: a bad node default fails every Create, naming it.
+    const nodeNet = options.net ? parseTaskNet(options.net, `the shim's ${NET_ENV}`) : undefined;
     if (plan.annotations[CRI_CONTAINER_TYPE] === "sandbox") {
       // A Pod's sandbox only holds namespaces a VM does not share: it needs no VM (spec §13.5).
       task.#sandbox = true;
@@ -345,10 +364,13 @@ export class VmTask {
         );
       }
       task.#artifact = plan.artifact;
+      // Only an explicit annotation overrides the network an artifact (or its snapshot) records.
+      task.#net = plan.net;
       // A RAM snapshot restores with the size it was taken at.
       if (artifact.manifest.ramSnapshot) task.#memoryBytes = task.#cpus = undefined;
       return task;
     }
+    task.#net = plan.net ?? nodeNet ?? { mode: "none" };
     const root = await mountRootfs(input.bundle, input.rootfs);
     try {
       await copyFilesIn(root, plan);
@@ -398,7 +420,12 @@ export class VmTask {
       await stdin?.prepare();
       if (server) {
         this.#server = server;
-        await server.start(this.#artifact!, { overrides: { name: this.instanceId }, wait: true });
+        const net = this.#net &&
+          (this.#net.network ? `${this.#net.mode}=${this.#net.network}` : this.#net.mode);
+        await server.start(this.#artifact!, {
+          overrides: { name: this.instanceId, ...(net ? { net } : {}) },
+          wait: true,
+        });
         const state = await getInstance(home, this.instanceId);
         this.pid = state.pid ?? 0;
         wait = () => pollUntilStopped(home, this.instanceId);
@@ -407,8 +434,9 @@ export class VmTask {
           name: this.instanceId,
           memoryBytes: this.#memoryBytes,
           cpus: this.#cpus,
-          // A snapshot restores with the network it recorded; a task built here has none.
-          net: this.#artifact || this.#restored ? undefined : "none",
+          // A snapshot restores with the network it recorded.
+          net: this.#restored ? undefined : this.#net?.mode,
+          network: this.#restored ? undefined : this.#net?.network,
           detach: true,
           bootTimeoutMs: this.#o.bootTimeoutMs ?? 120_000,
           trace: this.#o.trace,
@@ -420,6 +448,7 @@ export class VmTask {
       }
       await stdin?.start();
       this.#stdin = stdin;
+      await this.#logAddress();
     } catch (e) {
       stdin?.close();
       await out.close();
@@ -456,6 +485,18 @@ export class VmTask {
       this.#markExited(code);
     })();
     return this.pid;
+  }
+
+  /** The shim's log (`<bundle>/shim.log`) records the VM's addresses; `ovm ps` shows them too. */
+  async #logAddress(): Promise<void> {
+    const state = await getInstance(this.#store.paths.home, this.instanceId).catch(() => undefined);
+    const net = state?.network;
+    if (!net || net.mode === "none") return;
+    const addrs = (net.addresses ?? []).map((a) => `${a.address} on network ${a.network}`);
+    this.#o.log?.(
+      `task ${this.id}: instance ${this.instanceId} network ${net.mode}` +
+        (addrs.length ? `, address ${addrs.join(", ")}` : ""),
+    );
   }
 
   #markExited(code: number): void {

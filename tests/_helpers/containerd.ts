@@ -5,7 +5,10 @@
  * `containerd-shim-ovm-v2` launcher on its PATH, and an ovm home with the
  * system kernel and initrd. Disposal stops containerd, kills what it left
  * (shims whose cwd is one of our bundles, QEMUs of our home — by pid),
- * unmounts what is mounted under the temp dir, and removes it.
+ * unmounts what is mounted under the temp dir, and removes it. With
+ * `netns`, containerd (and so every shim, QEMU, bridge, TAP and nftables
+ * rule it makes) runs inside that network namespace; `ctr` reaches it
+ * through its UNIX socket from outside.
  */
 import { join } from "node:path";
 import { installLauncher } from "../../src/shim/mod.ts";
@@ -30,9 +33,12 @@ export class TestContainerd implements AsyncDisposable {
   readonly bin: string;
   /** Where a test may run `ovm serve`; containerd (and so the shim) has it as $OVM_SOCKET. */
   readonly ovmSocket: string;
+  /** The network namespace containerd runs in (`ip netns exec`); undefined: the host's. */
+  readonly netns?: string;
   #proc?: Deno.ChildProcess;
 
-  private constructor(dir: string) {
+  private constructor(dir: string, netns?: string) {
+    this.netns = netns;
     this.dir = dir;
     this.home = join(dir, "home");
     this.socket = join(dir, "c.sock");
@@ -44,14 +50,18 @@ export class TestContainerd implements AsyncDisposable {
   /**
    * Starts containerd with the ovm shim installed and the test image imported.
    * `cri`: enable the CRI plugin with this TOML (`{dir}` is replaced by the temp dir).
+   * `netns`: run containerd inside this network namespace. `shimNet`: the node's default task
+   * network, written into the launcher as `ovm shim install --net` does.
    */
-  static async start(options: { cri?: string } = {}): Promise<TestContainerd> {
+  static async start(
+    options: { cri?: string; netns?: string; shimNet?: string } = {},
+  ): Promise<TestContainerd> {
     // Short: shim sockets live at <state>/s/<32 hex> and must fit in sun_path.
     const dir = await Deno.makeTempDir({ prefix: "ovm-ctd-" });
-    const c = new TestContainerd(dir);
+    const c = new TestContainerd(dir, options.netns);
     try {
       await ensureSystem(c.home, { cacheDir: TEST_CACHE });
-      await installLauncher(c.bin, { home: c.home });
+      await installLauncher(c.bin, { home: c.home, net: options.shimNet });
       const disabled = [
         ...(options.cri === undefined ? ["io.containerd.grpc.v1.cri"] : []),
         "io.containerd.snapshotter.v1.btrfs",
@@ -112,8 +122,11 @@ export class TestContainerd implements AsyncDisposable {
       append: true,
       create: true,
     });
-    this.#proc = new Deno.Command("containerd", {
-      args: ["--config", this.config],
+    const argv = ["containerd", "--config", this.config];
+    // `ip netns exec` execs containerd in place: the child's pid is containerd's.
+    if (this.netns) argv.unshift("ip", "netns", "exec", this.netns);
+    this.#proc = new Deno.Command(argv[0], {
+      args: argv.slice(1),
       env: {
         PATH: `${this.bin}:${Deno.env.get("PATH")}`,
         OVM_HOME: this.home,

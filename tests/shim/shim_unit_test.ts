@@ -11,8 +11,10 @@ import {
   decodeMessage,
   encodeMessage,
   installLauncher,
+  launcherScript,
   METRICS_V2,
   parseShimArgs,
+  parseTaskNet,
   planFromSpec,
   processMetrics,
   shimSocketPath,
@@ -109,6 +111,26 @@ Deno.test("the OCI process, hostname, read-only root and limits become the VM's 
   assert.equal(planFromSpec({ ...base, linux: { resources: { cpu: { cpus: "0-2,5" } } } }).cpus, 4);
 });
 
+Deno.test("io.ovms.net is read with ovm run's --net parser; a bad value names itself and the forms", () => {
+  const net = (v: string) => planFromSpec({ ...base, annotations: { "io.ovms.net": v } }).net;
+  assert.equal(planFromSpec(base).net, undefined);
+  assert.deepEqual(net("none"), { mode: "none" });
+  assert.deepEqual(net("user"), { mode: "user" });
+  assert.deepEqual(net("bridge"), { mode: "bridge" });
+  assert.deepEqual(net("bridge=pods"), { mode: "bridge", network: "pods" });
+  for (const bad of ["tap", "bridge=", "user=x", "bridge=a=b", ""]) {
+    assert.throws(
+      () => net(bad),
+      (e: unknown) =>
+        e instanceof ValidationError &&
+        e.message === `Invalid network "${bad}" (annotation io.ovms.net)` &&
+        /bridge\[=NETWORK\]/.test(e.hint ?? ""),
+      bad,
+    );
+  }
+  assert.deepEqual(parseTaskNet("bridge=x", "test"), { mode: "bridge", network: "x" });
+});
+
 Deno.test("file bind mounts are copied in; what a VM cannot honour is refused by name", async () => {
   const dir = await Deno.makeTempDir();
   try {
@@ -174,6 +196,24 @@ Deno.test("ovm shim install writes an executable launcher that runs ovm's shim m
     const stdout = new TextDecoder().decode(out.stdout);
     assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
     assert.match(stdout, /^containerd-shim-ovm-v2:\n {2}Version: \d+\.\d+\.\d+/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("ovm shim install --net writes the node's default network into the launcher", async () => {
+  assert.match(
+    launcherScript({ home: "/h", net: "bridge=pods" }),
+    /^\[ -n "\$OVM_SHIM_NET" \] \|\| export OVM_SHIM_NET='bridge=pods'$/m,
+  );
+  assert.doesNotMatch(launcherScript({ home: "/h" }), /OVM_SHIM_NET/);
+  const dir = await Deno.makeTempDir();
+  try {
+    await assert.rejects(
+      () => installLauncher(dir, { net: "bridge=a=b" }),
+      /Invalid network "bridge=a=b" \(ovm shim install --net\)/,
+    );
+    assert.deepEqual([...Deno.readDirSync(dir)], []);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
