@@ -42,6 +42,8 @@ export {
   vmPaths,
   VmStateSchema,
 } from "./instance.ts";
+/** The address a Cloud Hypervisor or Firecracker clone keeps (spec 8.4). */
+export { keptGuestAddress } from "./net.ts";
 export {
   DEFAULT_MEMORY,
   parseNetFlag,

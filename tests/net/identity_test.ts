@@ -4,10 +4,9 @@
 import * as assert from "node:assert/strict";
 import { identityDocument } from "../../src/system/mod.ts";
 import { IDENTITY_SIZE } from "../../src/vmm/adapter.ts";
-import { parseNetFlag } from "../../src/runtime/mod.ts";
+import { keptGuestAddress, parseNetFlag } from "../../src/runtime/mod.ts";
 import { ValidationError } from "../../src/errors.ts";
 import { macFor, parseAddr, parseSubnet, tapName } from "../../src/net/mod.ts";
-import { keptGuestAddress } from "../../src/runtime/net.ts";
 
 Deno.test("the identity document has a fixed size, the generation first, and one line per NIC", () => {
   const doc = identityDocument({
