@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The suite on its own, again and again: clones the committed HEAD into a temp
-# directory with nothing beside it (no ../shared), runs the README's test
+# directory with nothing beside it (no sibling folders), runs the README's test
 # command there RUNS times back to back, optionally once more with a CPU-heavy
 # process pinned to one core, and prints one line per run (wall time, result,
 # failed test names). Each run's full log is kept under $OUT.
