@@ -91,6 +91,7 @@ export {
 } from "./template_cache.ts";
 export { selectAdapter } from "./select.ts";
 export { importExportDir, isExportDir } from "./import_dir.ts";
+export { exportArtifact } from "./export_dir.ts";
 export {
   getInstance,
   listInstances,

@@ -17,8 +17,8 @@
 import { join } from "node:path";
 import { ConflictError, NotFoundError, ValidationError } from "../errors.ts";
 import { findServer, type OvmsClient } from "../api/client.ts";
-import { exportArtifact } from "../cli/export.ts";
 import {
+  exportArtifact,
   followConsole,
   getInstance,
   importExportDir,

@@ -17,7 +17,7 @@ import {
   referrersTag,
   resetCapabilities,
 } from "../../src/oci/mod.ts";
-import { exportArtifact } from "../../src/cli/export.ts";
+import { exportArtifact } from "../../src/runtime/mod.ts";
 import {
   assertStoreConsistent,
   packDummy,
