@@ -19,14 +19,13 @@
  */
 import { parseArgs } from "node:util";
 import { TEST_IMAGE, TestContainerd } from "../tests/_helpers/containerd.ts";
+import { serveProcess } from "../tests/_helpers/api.ts";
 import { ovmIn, waitFor } from "../tests/_helpers/runtime.ts";
 import { dropTemplates, lastCount, packCounter, pooledQemus } from "../tests/_helpers/snapshot.ts";
 import { ContentStore } from "../src/store/mod.ts";
 
 // Unique: guest RAM files in /dev/shm are named by instance id, across homes.
 const SRC = `shim-src-${crypto.randomUUID().slice(0, 8)}`;
-
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 const { values } = parseArgs({ args: Deno.args, options: { runs: { type: "string" } } });
 const runs = Number(values.runs ?? "5");
@@ -132,25 +131,14 @@ try {
     add("ovm-snapshot", await snapshotTask(c, `b-snap-${i}`));
   }
   // The warm pool last: while `ovm serve` answers, every snapshot task goes through it.
-  const serve = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      MAIN,
-      "serve",
-      "--home",
-      c.home,
-      "--socket",
-      c.ovmSocket,
-      "--warm-snapshot",
-      "bench/counter:warm",
-      "--warm-pool",
-      "1",
-    ],
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const serve = await serveProcess(
+    c.home,
+    c.ovmSocket,
+    "--warm-snapshot",
+    "bench/counter:warm",
+    "--warm-pool",
+    "1",
+  );
   try {
     for (let i = 0; i < runs; i++) {
       await waitFor(async () => (await pooledQemus(c.home)).length === 1 || undefined, {
@@ -160,8 +148,7 @@ try {
       add("ovm-pool", await snapshotTask(c, `b-pool-${i}`));
     }
   } finally {
-    serve.kill("SIGTERM");
-    await serve.status;
+    await serve.stop("SIGTERM");
   }
   console.log(`ctr run to first output, ${runs} runs each (${new Date().toISOString()}):`);
   console.log(

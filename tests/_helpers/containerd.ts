@@ -166,6 +166,41 @@ export class TestContainerd implements AsyncDisposable {
     clearTimeout(t);
   }
 
+  /**
+   * `ctr run -d` of {@linkcode TEST_IMAGE} under the ovm runtime (256 MiB)
+   * running `sh -c script`, its output logged to `<dir>/<id>.log`, each of
+   * `annotations` passed with `--annotation`; resolves with the log's path once
+   * the workload printed "started".
+   */
+  async runDetached(
+    id: string,
+    script: string,
+    options: { annotations?: string[] } = {},
+  ): Promise<string> {
+    const log = join(this.dir, `${id}.log`);
+    await this.ctrOk(
+      "run",
+      "-d",
+      "--log-uri",
+      `file://${log}`,
+      ...(options.annotations ?? []).flatMap((a) => ["--annotation", a]),
+      "--runtime",
+      "io.containerd.ovm.v2",
+      "--memory-limit",
+      String(256 << 20),
+      TEST_IMAGE,
+      id,
+      "/bin/sh",
+      "-c",
+      script,
+    );
+    await waitFor(
+      async () => (await Deno.readTextFile(log).catch(() => "")).includes("started") || undefined,
+      { timeoutMs: 120_000, what: `${id} to print "started"` },
+    );
+    return log;
+  }
+
   async ctr(...args: string[]): Promise<CtrResult> {
     return await this.ctrWithStdin(undefined, ...args);
   }

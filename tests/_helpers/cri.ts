@@ -7,10 +7,36 @@
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as loader from "@grpc/proto-loader";
+import { TEST_IMAGE } from "./containerd.ts";
 
 const PROTO = fileURLToPath(
   new URL("../../spec/vendor/containerd/cri-api/runtime/v1/api.proto", import.meta.url),
 );
+
+/**
+ * containerd's CRI plugin for the tests: the runtime handler `ovm`
+ * (io.containerd.ovm.v2) next to runc, passing `io.ovms.*` Pod and container
+ * annotations to the shim; `{dir}` is the test containerd's directory.
+ */
+export const CRI_CONFIG = `
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "${TEST_IMAGE}"
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ovm]
+      runtime_type = "io.containerd.ovm.v2"
+      pod_annotations = ["io.ovms.*"]
+      container_annotations = ["io.ovms.*"]
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{dir}/cni/bin"
+    conf_dir = "{dir}/cni/conf"
+`;
 
 // deno-lint-ignore no-explicit-any
 type Msg = Record<string, any>;

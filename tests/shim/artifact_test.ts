@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { TEST_IMAGE, TestContainerd } from "../_helpers/containerd.ts";
+import { serveProcess } from "../_helpers/api.ts";
 import { ovmIn, readState, waitFor } from "../_helpers/runtime.ts";
 import { taskInstanceId } from "../../src/shim/mod.ts";
 import { dropTemplates, lastCount, packCounter, pooledQemus } from "../_helpers/snapshot.ts";
@@ -15,8 +16,6 @@ import { ContentStore } from "../../src/store/mod.ts";
 
 // Unique: guest RAM files in /dev/shm are named by instance id, across homes.
 const SRC = `shim-src-${crypto.randomUUID().slice(0, 8)}`;
-
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 Deno.test({
   name: "an OVMS snapshot named by io.ovms.artifact is restored through the shim",
@@ -76,31 +75,16 @@ Deno.test({
     await t.step(
       "with the node's ovm serve and a warm pool, the task takes a pooled VM",
       async () => {
-        const serve = new Deno.Command(Deno.execPath(), {
-          args: [
-            "run",
-            "-A",
-            MAIN,
-            "serve",
-            "--home",
-            c.home,
-            "--socket",
-            c.ovmSocket,
-            "--warm-snapshot",
-            "test/counter:warm",
-            "--warm-pool",
-            "1",
-          ],
-          stdin: "null",
-          stdout: "null",
-          stderr: "piped",
-        }).spawn();
-        let errText = "";
-        const errDone = (async () => {
-          for await (const b of serve.stderr) errText += new TextDecoder().decode(b);
-        })();
+        const serve = await serveProcess(
+          c.home,
+          c.ovmSocket,
+          "--warm-snapshot",
+          "test/counter:warm",
+          "--warm-pool",
+          "1",
+        );
         try {
-          await waitFor(() => /warm pool of 1 ready/.test(errText) || undefined, {
+          await waitFor(() => /warm pool of 1 ready/.test(serve.stderr()) || undefined, {
             timeoutMs: 120_000,
             what: "the warm pool",
           });
@@ -134,9 +118,7 @@ Deno.test({
           await c.ctrOk("task", "delete", "t-pool");
           await c.ctrOk("container", "rm", "t-pool");
         } finally {
-          serve.kill("SIGTERM");
-          await serve.status;
-          await errDone.catch(() => {});
+          await serve.stop("SIGTERM");
         }
       },
     );

@@ -36,25 +36,8 @@ async function leftovers(c: TestContainerd, id: string): Promise<string[]> {
   return found;
 }
 
-async function startDetached(c: TestContainerd, id: string): Promise<string> {
-  const log = join(c.dir, `${id}.log`);
-  await c.ctrOk(
-    "run",
-    "-d",
-    "--log-uri",
-    `file://${log}`,
-    ...RT,
-    TEST_IMAGE,
-    id,
-    "/bin/sh",
-    "-c",
-    LOOP,
-  );
-  await waitFor(
-    async () => (await Deno.readTextFile(log).catch(() => "")).includes("started") || undefined,
-    { timeoutMs: 120_000, what: `${id} to print "started"` },
-  );
-  return log;
+function startDetached(c: TestContainerd, id: string): Promise<string> {
+  return c.runDetached(id, LOOP);
 }
 
 async function waitStopped(c: TestContainerd, id: string): Promise<void> {

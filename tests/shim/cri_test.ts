@@ -9,35 +9,15 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { TEST_IMAGE, TestContainerd } from "../_helpers/containerd.ts";
-import { CriClient } from "../_helpers/cri.ts";
+import { CRI_CONFIG, CriClient } from "../_helpers/cri.ts";
 import { waitFor } from "../_helpers/runtime.ts";
-
-const CRI = `
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "${TEST_IMAGE}"
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ovm]
-      runtime_type = "io.containerd.ovm.v2"
-      pod_annotations = ["io.ovms.*"]
-      container_annotations = ["io.ovms.*"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{dir}/cni/bin"
-    conf_dir = "{dir}/cni/conf"
-`;
 
 Deno.test({
   name: "kubelet's CRI calls run a Pod's container as an ovm VM (runtime handler ovm)",
   sanitizeResources: false,
   sanitizeOps: false,
 }, async () => {
-  await using c = await TestContainerd.start({ cri: CRI });
+  await using c = await TestContainerd.start({ cri: CRI_CONFIG });
   using cri = new CriClient(c.socket);
   const v = await cri.call("Version", { version: "v1" });
   assert.equal(v.runtime_name, "containerd");

@@ -11,8 +11,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { TEST_IMAGE, TestContainerd } from "../_helpers/containerd.ts";
-import { CriClient } from "../_helpers/cri.ts";
-import { type Netns, netns, waitFor } from "../_helpers/netns.ts";
+import { CRI_CONFIG, CriClient } from "../_helpers/cri.ts";
+import { linkNames, type Netns, netns, ok, waitFor } from "../_helpers/netns.ts";
 import { readState } from "../_helpers/runtime.ts";
 import { taskInstanceId } from "../../src/shim/mod.ts";
 import { tapName } from "../../src/net/mod.ts";
@@ -22,11 +22,6 @@ const RT = ["--runtime", "io.containerd.ovm.v2", "--memory-limit", String(256 <<
 /** busybox httpd on 8080 (the workload runs as uid 1000) serving the app user's home. */
 const WEB = 'echo "hello from task $(busybox hostname)" > "$HOME/index.html"; echo started; ' +
   'exec busybox httpd -f -p 8080 -h "$HOME"';
-
-function ok(r: { code: number; stdout: string; stderr: string }): string {
-  if (r.code !== 0) throw new Error(`exit ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r.stdout;
-}
 
 function instanceOf(c: TestContainerd, id: string): string {
   const bundle = join(c.dir, "state", "io.containerd.runtime.v2.task", "default", id);
@@ -38,32 +33,9 @@ async function leases(ns: Netns, home: string, network: string): Promise<unknown
   return JSON.parse(out).leases;
 }
 
-async function links(ns: Netns): Promise<string[]> {
-  return (await ns.ipJson<{ ifname: string }>(["link", "show"])).map((l) => l.ifname)
-    .filter((n) => n !== "lo").sort();
-}
-
 /** Starts a detached task running WEB; waits for its first line; returns its leased address. */
 async function startWeb(c: TestContainerd, id: string, annotations: string[]): Promise<string> {
-  const log = join(c.dir, `${id}.log`);
-  await c.ctrOk(
-    "run",
-    "-d",
-    "--log-uri",
-    `file://${log}`,
-    ...annotations.flatMap((a) => ["--annotation", a]),
-    ...RT,
-    TEST_IMAGE,
-    id,
-    "/bin/sh",
-    "-c",
-    WEB,
-  );
-  await waitFor(
-    `${id} to print "started"`,
-    async () => (await Deno.readTextFile(log).catch(() => "")).includes("started"),
-    120_000,
-  );
+  await c.runDetached(id, WEB, { annotations });
   const state = await readState(c.home, instanceOf(c, id)) as {
     network: { mode: string; addresses: { address: string }[] };
   };
@@ -100,7 +72,7 @@ Deno.test({
         return body !== undefined;
       }, 60_000);
       assert.match(body!, /^hello from task /);
-      assert.ok((await links(ns)).includes(tapName(c.home, inst, 0)));
+      assert.ok((await linkNames(ns)).includes(tapName(c.home, inst, 0)));
       assert.equal((await leases(ns, c.home, "web")).length, 1);
       // The shim's log names the address (ovm ps in the shim's home shows it too).
       const shimLog = await Deno.readTextFile(
@@ -115,7 +87,7 @@ Deno.test({
       await c.ctr("task", "delete", "t-web");
       await c.ctrOk("container", "rm", "t-web");
       assert.deepEqual(await leases(ns, c.home, "web"), []);
-      assert.deepEqual(await links(ns), ["pods", "web"]);
+      assert.deepEqual(await linkNames(ns), ["pods", "web"]);
       assert.equal(await get(ns, `http://${addr}:8080/`), undefined);
     },
   );
@@ -143,7 +115,7 @@ Deno.test({
       await waitFor("the VM to end", () => Promise.resolve(!pidAlive(vm)));
       await c.ctrOk("container", "rm", "t-dflt");
       assert.deepEqual(await leases(ns, c.home, "pods"), []);
-      assert.deepEqual(await links(ns), ["pods", "web"]);
+      assert.deepEqual(await linkNames(ns), ["pods", "web"]);
     },
   );
 
@@ -165,7 +137,7 @@ Deno.test({
       assert.match(r.stderr, /bridge\[=NETWORK\]/);
       await c.ctr("container", "rm", "t-badnet");
       // Nothing was made for it.
-      assert.deepEqual(await links(ns), ["pods", "web"]);
+      assert.deepEqual(await linkNames(ns), ["pods", "web"]);
     },
   );
 
@@ -184,31 +156,11 @@ Deno.test({
     assert.match(r.stderr, /No network "nope"/);
     await c.ctr("task", "delete", "t-nonet");
     await c.ctr("container", "rm", "t-nonet");
-    assert.deepEqual(await links(ns), ["pods", "web"]);
+    assert.deepEqual(await linkNames(ns), ["pods", "web"]);
     const ps = JSON.parse(ok(await ns.ovm(c.home, ["ps", "--all", "--json"])));
     assert.deepEqual(ps, []);
   });
 });
-
-const CRI = `
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "${TEST_IMAGE}"
-  disable_apparmor = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.ovm]
-      runtime_type = "io.containerd.ovm.v2"
-      pod_annotations = ["io.ovms.*"]
-      container_annotations = ["io.ovms.*"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{dir}/cni/bin"
-    conf_dir = "{dir}/cni/conf"
-`;
 
 Deno.test({
   name: "a Pod's io.ovms.net annotation puts its container's VM on that bridge (CRI)",
@@ -216,7 +168,7 @@ Deno.test({
   sanitizeOps: false,
 }, async () => {
   await using ns = await netns("ovmshc");
-  await using c = await TestContainerd.start({ cri: CRI, netns: ns.name });
+  await using c = await TestContainerd.start({ cri: CRI_CONFIG, netns: ns.name });
   ok(await ns.ovm(c.home, ["network", "create", "--subnet", "10.89.9.0/24", "pods"]));
   using cri = new CriClient(c.socket);
   const logs = join(c.dir, "pod-logs");
@@ -267,5 +219,5 @@ Deno.test({
     await cri.call("RemovePodSandbox", { pod_sandbox_id: pod });
   }
   assert.deepEqual(await leases(ns, c.home, "pods"), []);
-  assert.deepEqual(await links(ns), ["pods"]);
+  assert.deepEqual(await linkNames(ns), ["pods"]);
 });

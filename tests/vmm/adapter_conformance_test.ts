@@ -22,9 +22,37 @@ import {
   readCallLog,
 } from "../_helpers/vmm_runtimes.ts";
 import assert from "node:assert/strict";
+import type { VmSpec } from "../../src/vmm/adapter.ts";
 
 // A copy the VMM's uid can run, wherever the checkout is.
 const FIXTURE = await cherrybombFixture();
+
+/**
+ * The demo VM running a workload that never ends: without one, ovms-init
+ * powers the VM off ("no entrypoint or cmd") a few seconds after boot, which
+ * on a loaded host lands in the middle of the conformance steps.
+ */
+async function foreverSpec(
+  demo: { home: string; artifact: { ref: string } },
+  dir: string,
+  id: string,
+): Promise<VmSpec> {
+  const spec = await demoSpec(demo.home, demo.artifact.ref, {
+    vmDir: join(dir, "vm"),
+    id,
+    accel: "tcg",
+  });
+  await Deno.mkdir(dir, { recursive: true });
+  const config = join(dir, "config.img");
+  await buildConfigDisk(config, {
+    env: [],
+    exposedPorts: [],
+    cmd: ["/bin/sh", "-c", "echo conformance guest up; while :; do sleep 1; done"],
+  });
+  spec.extraDisks.push({ path: config, readOnly: true });
+  spec.cmdline += " ovms.config=/dev/vdb";
+  return spec;
+}
 
 Deno.test({
   name: "the QEMU adapter passes the adapter conformance suite (real qemu, TCG)",
@@ -35,26 +63,7 @@ Deno.test({
     await using demo = await demoHome();
     await adapterConformance(t, {
       adapter: new QemuAdapter(),
-      // The guest runs a workload that never ends: without one, ovms-init powers the VM off
-      // ("no entrypoint or cmd") a few seconds after boot, which on a loaded host lands in the
-      // middle of the steps below.
-      spec: async (dir, id) => {
-        const spec = await demoSpec(demo.home, demo.artifact.ref, {
-          vmDir: join(dir, "vm"),
-          id,
-          accel: "tcg",
-        });
-        await Deno.mkdir(dir, { recursive: true });
-        const config = join(dir, "config.img");
-        await buildConfigDisk(config, {
-          env: [],
-          exposedPorts: [],
-          cmd: ["/bin/sh", "-c", "echo conformance guest up; while :; do sleep 1; done"],
-        });
-        spec.extraDisks.push({ path: config, readOnly: true });
-        spec.cmdline += " ovms.config=/dev/vdb";
-        return spec;
-      },
+      spec: (dir, id) => foreverSpec(demo, dir, id),
       bootTimeoutMs: 90_000,
     });
   },
@@ -98,26 +107,7 @@ Deno.test({
     const [cherrybomb] = builtinDescriptors();
     await adapterConformance(t, {
       adapter: new CliRuntimeAdapter(cherrybomb, { binary: FIXTURE }),
-      // The guest runs a workload that never ends: without one, ovms-init powers the VM off
-      // ("no entrypoint or cmd") a few seconds after boot, which on a loaded host lands in the
-      // middle of the steps below.
-      spec: async (dir, id) => {
-        const spec = await demoSpec(demo.home, demo.artifact.ref, {
-          vmDir: join(dir, "vm"),
-          id,
-          accel: "tcg",
-        });
-        await Deno.mkdir(dir, { recursive: true });
-        const config = join(dir, "config.img");
-        await buildConfigDisk(config, {
-          env: [],
-          exposedPorts: [],
-          cmd: ["/bin/sh", "-c", "echo conformance guest up; while :; do sleep 1; done"],
-        });
-        spec.extraDisks.push({ path: config, readOnly: true });
-        spec.cmdline += " ovms.config=/dev/vdb";
-        return spec;
-      },
+      spec: (dir, id) => foreverSpec(demo, dir, id),
       bootTimeoutMs: 90_000,
     });
   },
